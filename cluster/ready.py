@@ -1,0 +1,66 @@
+"""What a replica asks its runtime to do, and the rule for doing it.
+
+The runtime loop, for every replica that ``has_ready()``::
+
+    rd = replica.ready()
+    storage: save rd.snapshot (if any, replacing the log), then rd.entries (an entry at index i
+             replaces any stored entry at i or above), then rd.hard_state (if any)
+    storage.sync()                        # one fsync for every group on the node
+    send rd.messages                      # ONLY after the sync: they promise what was persisted
+    restore rd.snapshot into the state machine, then apply rd.committed_entries in order
+    answer rd.read_states once applied >= their index; fail rd.dropped_reads
+    replica.advance(rd)
+
+Persist-before-send is the one rule that makes votes and acknowledgements binding across crashes;
+it is written here once and every runtime (simulation, benchmark, node host) follows it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from cluster.messages import Entry, HardState, Message, Snapshot
+from cluster.types import NO_NODE, NodeId
+
+
+class Role(enum.Enum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre-candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state worth reporting (e.g. to discovery): who leads, and what we are."""
+
+    leader: NodeId = NO_NODE
+    role: Role = Role.FOLLOWER
+
+
+@dataclass(frozen=True, slots=True)
+class ReadState:
+    """A linearizable read may be served once the state machine has applied ``index``."""
+
+    context: bytes
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """One batch of work for the runtime; see the module docstring for the order."""
+
+    hard_state: HardState | None = None
+    entries: tuple[Entry, ...] = ()
+    snapshot: Snapshot | None = None
+    messages: tuple[Message, ...] = ()
+    committed_entries: tuple[Entry, ...] = ()
+    read_states: tuple[ReadState, ...] = ()
+    dropped_reads: tuple[bytes, ...] = ()
+    soft_state: SoftState | None = None
+
+    @property
+    def must_sync(self) -> bool:
+        """True when something must be made durable before ``messages`` go out."""
+        return self.hard_state is not None or bool(self.entries) or self.snapshot is not None
