@@ -630,9 +630,15 @@ class Replica:
                 and self._log.snapshot is not None
                 and pr.pending_snapshot == msg.snapshot_index == self._log.snapshot.meta.index
             ):
+                # Only forward progress sends the next chunk at once: answering every ack
+                # would let duplicated acks multiply the chunks in flight. A lower offset (a
+                # stale ack, or a follower that lost its partial copy) is remembered, and the
+                # stall check resends from there.
+                forward = msg.next_offset > pr.snapshot_offset
                 pr.snapshot_offset = msg.next_offset
-                pr.stalled = 0
-                self._send_snapshot_chunk(msg.sender, pr)
+                if forward:
+                    pr.stalled = 0
+                    self._send_snapshot_chunk(msg.sender, pr)
         elif isinstance(msg, ReadIndexRequest):
             self._leader_read(msg.context, msg.sender)
 
