@@ -1,0 +1,40 @@
+# Every target runs from a fresh clone with python3.11 on PATH; `make test` is what CI runs.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed.stamp
+
+.PHONY: venv test lint typecheck unit proto up bench clean
+
+venv: $(STAMP)
+
+# Re-install only when the dependency list changes (the stamp lives inside the venv, so removing
+# .venv also forces a fresh install).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: lint typecheck unit
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(PY) -m pytest -q
+
+proto: venv
+	$(PY) proto/generate.py
+
+# ARGS passes flags through, e.g. `make up ARGS="--duration 10"` or `make bench ARGS="--seconds 2"`.
+up: venv
+	$(PY) -m cluster up $(ARGS)
+
+bench: venv
+	$(PY) -m cluster bench core $(ARGS)
+
+clean:
+	rm -rf $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,1 @@
+"""raftchat tests: ``unit`` (pure code and scripted core scenarios), ``sim`` (simulation)."""

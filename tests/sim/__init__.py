@@ -1,0 +1,1 @@
+"""Deterministic simulation: many replicas, virtual time, a seeded faulty network."""

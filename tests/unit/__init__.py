@@ -1,0 +1,1 @@
+"""Unit tests: pure functions, codec, storage, and the Raft core driven by scripts."""
