@@ -22,7 +22,7 @@ class Config:
     max_inflight_msgs: int = 256
     """Appends in flight per follower before the leader waits for acknowledgements."""
     max_uncommitted_bytes: int = 64 << 20
-    """Proposals are refused (ProposalDropped) while this much payload is uncommitted; 0 = no cap."""
+    """Proposals are refused (ProposalDropped) past this much uncommitted payload; 0 = no cap."""
     snapshot_chunk_bytes: int = 1 << 20
 
     def __post_init__(self) -> None:

@@ -41,6 +41,7 @@ from cluster.messages import (
     TimeoutNow,
     VoteRequest,
     VoteResponse,
+    entries_size,
 )
 from cluster.progress import STALL_HEARTBEATS, Progress, ProgressState, ProgressStatus
 from cluster.quorum import VoteResult, committed_index, majority, vote_result
@@ -212,7 +213,7 @@ class Replica:
             raise NotLeader(self.leader)
         if self._transferee != NO_NODE:
             raise ProposalDropped(f"leadership is being transferred to {self._transferee}")
-        size = sum(len(d) for d in datas)
+        size = sum(map(len, datas))
         cap = self.config.max_uncommitted_bytes
         if cap and self._uncommitted_bytes > 0 and self._uncommitted_bytes + size > cap:
             raise ProposalDropped(
@@ -350,10 +351,13 @@ class Replica:
             self._log.stable_to(last.index, last.term)
         if rd.committed_entries:
             self._log.applied = max(self._log.applied, rd.committed_entries[-1].index)
-        if self.role is Role.LEADER:
-            # Our own copy counts toward the quorum only once it is durable.
-            if self._progress[self.id].maybe_update(self._log.stable_index) and self._maybe_commit():
-                self._broadcast_append()
+        # As leader, our own copy counts toward the quorum only once it is durable.
+        if (
+            self.role is Role.LEADER
+            and self._progress[self.id].maybe_update(self._log.stable_index)
+            and self._maybe_commit()
+        ):
+            self._broadcast_append()
 
     # ---- role transitions ------------------------------------------------------------------
 
@@ -656,9 +660,9 @@ class Replica:
         was_paused = pr.paused
         if not pr.maybe_update(msg.index):
             return
-        if pr.state is ProgressState.PROBE:
-            pr.become_replicate()
-        elif pr.state is ProgressState.SNAPSHOT and pr.match + 1 >= self._log.first_index:
+        if pr.state is ProgressState.PROBE or (
+            pr.state is ProgressState.SNAPSHOT and pr.match + 1 >= self._log.first_index
+        ):
             pr.become_replicate()
         if self._maybe_commit():
             self._broadcast_append()
@@ -695,9 +699,8 @@ class Replica:
             return False  # Figure 8: only entries of our own term commit by counting
         old = self._log.committed
         self._log.commit_to(index)
-        self._uncommitted_bytes = max(
-            0, self._uncommitted_bytes - sum(len(e.data) for e in self._log.entries(old + 1, index + 1))
-        )
+        newly = self._log.entries(old + 1, index + 1)
+        self._uncommitted_bytes = max(0, self._uncommitted_bytes - entries_size(newly))
         if self._reads_before_commit:
             waiting, self._reads_before_commit = self._reads_before_commit, []
             for context, requester in waiting:
