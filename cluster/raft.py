@@ -47,6 +47,7 @@ from cluster.progress import STALL_HEARTBEATS, Progress, ProgressState, Progress
 from cluster.quorum import VoteResult, committed_index, majority, vote_result
 from cluster.readonly import ReadOnlyQueue
 from cluster.ready import ReadState, Ready, Role, SoftState
+from cluster.snapshot import SnapshotReceiver, cut_chunk
 from cluster.types import NO_NODE, GroupId, NodeId
 
 if TYPE_CHECKING:
@@ -71,13 +72,6 @@ class _Header(TypedDict):
     sender: NodeId
     to: NodeId
     term: int
-
-
-@dataclass(slots=True)
-class _IncomingSnapshot:
-    meta: SnapshotMeta
-    total_size: int
-    buffer: bytearray
 
 
 class Replica:
@@ -118,7 +112,7 @@ class Replica:
         self._reads = ReadOnlyQueue()
         self._reads_before_commit: list[tuple[bytes, NodeId]] = []
         # Follower state.
-        self._incoming: _IncomingSnapshot | None = None
+        self._incoming = SnapshotReceiver()
         self._reset_timeout()
 
     # ---- read-only properties ------------------------------------------------------------
@@ -476,9 +470,7 @@ class Replica:
                 self._election_elapsed = 0
                 self.voted_for = msg.sender
         else:
-            self._send(
-                VoteResponse(**self._hdr(msg.sender), granted=False, pre_vote=msg.pre_vote)
-            )
+            self._send(VoteResponse(**self._hdr(msg.sender), granted=False, pre_vote=msg.pre_vote))
 
     def _step_candidate(self, msg: Message) -> None:
         if isinstance(msg, VoteResponse):
@@ -551,47 +543,21 @@ class Replica:
             # Already have it (or are installing one): tell the leader where we really are.
             self._send(AppendResponse(**self._hdr(msg.sender), index=log.committed))
             return
-        inc = self._incoming
-        if msg.offset == 0 and not (inc is not None and inc.meta == meta and inc.buffer):
-            inc = self._incoming = _IncomingSnapshot(meta, msg.total_size, bytearray())
-        if inc is None or inc.meta != meta or msg.offset != len(inc.buffer):
-            have = len(inc.buffer) if inc is not None and inc.meta == meta else 0
+        result = self._incoming.accept(msg)
+        if result.complete is None:
             self._send(
                 SnapshotAck(
                     **self._hdr(msg.sender),
                     snapshot_index=meta.index,
                     snapshot_term=meta.term,
-                    next_offset=have,
-                )
-            )
-            return
-        inc.buffer += msg.data
-        if not msg.done:
-            self._send(
-                SnapshotAck(
-                    **self._hdr(msg.sender),
-                    snapshot_index=meta.index,
-                    snapshot_term=meta.term,
-                    next_offset=len(inc.buffer),
-                )
-            )
-            return
-        self._incoming = None
-        if len(inc.buffer) != inc.total_size:
-            # A chunk went missing although the last one arrived: start over.
-            self._send(
-                SnapshotAck(
-                    **self._hdr(msg.sender),
-                    snapshot_index=meta.index,
-                    snapshot_term=meta.term,
-                    next_offset=0,
+                    next_offset=result.next_offset,
                 )
             )
             return
         if log.matches(meta.index, meta.term):
             log.commit_to(meta.index)  # our log already holds it: just fast-forward
         else:
-            log.restore(Snapshot(meta, bytes(inc.buffer)))
+            log.restore(result.complete)
         self._send(AppendResponse(**self._hdr(msg.sender), index=meta.index))
 
     # ---- leader ----------------------------------------------------------------------------
@@ -756,17 +722,17 @@ class Replica:
         if snapshot is None or snapshot.meta.index != pr.pending_snapshot:
             pr.become_probe()  # our snapshot moved on; probe again and start the newer one
             return
-        data = snapshot.data
-        offset = min(pr.snapshot_offset, len(data))
-        chunk = data[offset : offset + self.config.snapshot_chunk_bytes]
+        offset, chunk, done = cut_chunk(
+            snapshot, pr.snapshot_offset, self.config.snapshot_chunk_bytes
+        )
         self._send(
             SnapshotChunk(
                 **self._hdr(to),
                 meta=snapshot.meta,
                 offset=offset,
                 data=chunk,
-                total_size=len(data),
-                done=offset + len(chunk) >= len(data),
+                total_size=len(snapshot.data),
+                done=done,
             )
         )
 
