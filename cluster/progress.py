@@ -20,7 +20,8 @@ class ProgressState(enum.Enum):
 
 
 STALL_HEARTBEATS = 2
-"""Heartbeat rounds without progress after which in-flight data is presumed lost and resent."""
+"""Answers to heartbeats sent *after* our latest append or chunk, without any progress, after
+which that data is presumed lost and resent. Heartbeats sent before it prove nothing."""
 
 
 class Progress:
@@ -34,8 +35,10 @@ class Progress:
         self.max_inflight = max_inflight
         self.pending_snapshot = 0  # index of the snapshot being sent
         self.snapshot_offset = 0  # bytes of it the follower confirmed
-        self.read_seq = 0  # newest ReadIndex round this follower confirmed
-        self.stalled = 0  # heartbeat responses seen without progress
+        self.acked_round = 0  # newest heartbeat round this follower answered
+        self.sent_round = 0  # heartbeat round current when we last sent it data
+        self.sent_commit = 0  # commit index carried by the last append we sent it
+        self.stalled = 0  # answers to heartbeats sent after our last data, with no progress
 
     @property
     def paused(self) -> bool:

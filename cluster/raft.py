@@ -111,6 +111,8 @@ class Replica:
         self._transferee = NO_NODE
         self._reads = ReadOnlyQueue()
         self._reads_before_commit: list[tuple[bytes, NodeId]] = []
+        self._round = 0  # heartbeat rounds sent in this term as leader
+        self._commit_to_broadcast = False
         # Follower state.
         self._incoming = SnapshotReceiver()
         self._reset_timeout()
@@ -242,7 +244,7 @@ class Replica:
         if self._progress[to].match == self._log.last_index:
             self._send(TimeoutNow(**self._hdr(to)))
         else:
-            self._send_append(to)
+            self._send_append(to, allow_empty=True)  # a probe if it has nothing new to send
 
     def compact(self, snapshot: Snapshot) -> None:
         """The state machine took ``snapshot`` at an applied index: drop the log it covers."""
@@ -273,8 +275,9 @@ class Replica:
             if isinstance(msg, (AppendRequest, Heartbeat)) and (
                 self.config.check_quorum or self.config.pre_vote
             ):
-                # A stale leader (e.g. back from a partition) learns our term and steps down.
-                self._send(AppendResponse(**self._hdr(msg.sender), index=self._log.last_index))
+                # A stale leader (e.g. back from a partition) learns our term and steps down;
+                # the index means nothing to it, so none is claimed.
+                self._send(AppendResponse(**self._hdr(msg.sender), index=0))
             elif isinstance(msg, VoteRequest) and msg.pre_vote:
                 self._send(VoteResponse(**self._hdr(msg.sender), granted=False, pre_vote=True))
             return
@@ -298,7 +301,8 @@ class Replica:
 
     def has_ready(self) -> bool:
         return bool(
-            self._msgs
+            self._commit_to_broadcast
+            or self._msgs
             or self._read_states
             or self._dropped_reads
             or self._hard_state() != self._prev_hard_state
@@ -313,6 +317,8 @@ class Replica:
         if self._ready_outstanding:
             raise RuntimeError("ready() called again before advance()")
         self._ready_outstanding = True
+        if self._commit_to_broadcast:
+            self._broadcast_commit()
         hs = self._hard_state()
         ss = self._soft_state()
         rd = Ready(
@@ -351,7 +357,7 @@ class Replica:
             and self._progress[self.id].maybe_update(self._log.stable_index)
             and self._maybe_commit()
         ):
-            self._broadcast_append()
+            self._commit_to_broadcast = True
 
     # ---- role transitions ------------------------------------------------------------------
 
@@ -374,6 +380,8 @@ class Replica:
                 self._dropped_reads.append(context)
         self._reads = ReadOnlyQueue()
         self._reads_before_commit = []
+        self._round = 0
+        self._commit_to_broadcast = False
         self._progress = {}
 
     def _reset_timeout(self) -> None:
@@ -520,6 +528,8 @@ class Replica:
             last_new = prev_index + len(entries)
             for pos, entry in enumerate(entries):
                 if not log.matches(entry.index, entry.term):
+                    if entry.index <= log.last_index:
+                        self._withdraw_acks(entry.index)
                     log.append(entries[pos:])
                     break
             log.commit_to(min(msg.leader_commit, last_new))
@@ -535,6 +545,16 @@ class Replica:
                 hint_term=log.term_at(hint) or 0,
             )
         )
+
+    def _withdraw_acks(self, index: int) -> None:
+        """Our log is about to lose entries from ``index`` on. Acknowledgements of them still in
+        the outbox (to an older leader, earlier this round) would go out after the sync that no
+        longer holds them: every ack must describe durable state, so take them back."""
+        self._msgs = [
+            m
+            for m in self._msgs
+            if not (isinstance(m, AppendResponse) and not m.reject and m.index >= index)
+        ]
 
     def _handle_snapshot_chunk(self, msg: SnapshotChunk) -> None:
         log = self._log
@@ -557,6 +577,7 @@ class Replica:
         if log.matches(meta.index, meta.term):
             log.commit_to(meta.index)  # our log already holds it: just fast-forward
         else:
+            self._withdraw_acks(log.committed + 1)
             log.restore(result.complete)
         self._send(AppendResponse(**self._hdr(msg.sender), index=meta.index))
 
@@ -621,9 +642,8 @@ class Replica:
             if pr.maybe_decrease(msg.index, hint):
                 if pr.state is ProgressState.REPLICATE:
                     pr.become_probe()
-                self._send_append(to)
+                self._send_append(to, allow_empty=True)
             return
-        was_paused = pr.paused
         if not pr.maybe_update(msg.index):
             return
         if pr.state is ProgressState.PROBE or (
@@ -631,33 +651,34 @@ class Replica:
         ):
             pr.become_replicate()
         if self._maybe_commit():
-            self._broadcast_append()
-        elif was_paused or pr.next <= self._log.last_index:
-            self._send_all_appends(to)
+            # Many acks in one round advance the commit index many times; tell followers
+            # once, when the Ready is built.
+            self._commit_to_broadcast = True
+        self._send_all_appends(to)
         if to == self._transferee and pr.match == self._log.last_index:
             self._send(TimeoutNow(**self._hdr(to)))
 
     def _handle_heartbeat_response(self, msg: HeartbeatResponse, pr: Progress) -> None:
-        if msg.read_seq > pr.read_seq:
-            pr.read_seq = msg.read_seq
+        if msg.read_seq > pr.acked_round:
+            pr.acked_round = msg.read_seq
             self._release_reads()
-        if pr.state is ProgressState.SNAPSHOT:
-            pr.stalled += 1
-            if pr.stalled >= STALL_HEARTBEATS:
-                pr.stalled = 0
-                self._send_snapshot_chunk(msg.sender, pr)  # the chunk or its ack was lost
-            return
-        if pr.match >= self._log.last_index:
-            pr.stalled = 0
-            return
         if pr.state is ProgressState.PROBE:
-            pr.probe_sent = False
-            self._send_append(msg.sender)
+            if pr.match < self._log.last_index:
+                pr.probe_sent = False
+                self._send_append(msg.sender, allow_empty=True)
             return
+        waiting = pr.state is ProgressState.SNAPSHOT or pr.match < self._log.last_index
+        if not waiting or msg.read_seq <= pr.sent_round:
+            return  # nothing outstanding, or this heartbeat left before our data did
         pr.stalled += 1
-        if pr.stalled >= STALL_HEARTBEATS:
-            pr.become_probe()  # in-flight appends were lost: probe from the known match again
-            self._send_append(msg.sender)
+        if pr.stalled < STALL_HEARTBEATS:
+            return
+        pr.stalled = 0
+        if pr.state is ProgressState.SNAPSHOT:
+            self._send_snapshot_chunk(msg.sender, pr)  # the chunk or its ack was lost
+        else:
+            pr.become_probe()  # appends were lost: probe from the known match again
+            self._send_append(msg.sender, allow_empty=True)
 
     def _maybe_commit(self) -> bool:
         index = committed_index(self._voters, {n: p.match for n, p in self._progress.items()})
@@ -678,14 +699,21 @@ class Replica:
             if node != self.id:
                 self._send_all_appends(node)
 
-    def _send_all_appends(self, to: NodeId) -> None:
-        """Send as much as the follower's window allows (at least one message when it's open)."""
-        pr = self._progress[to]
-        sent = self._send_append(to)
-        while sent and pr.state is ProgressState.REPLICATE and pr.next <= self._log.last_index:
-            sent = self._send_append(to)
+    def _broadcast_commit(self) -> None:
+        self._commit_to_broadcast = False
+        for node, pr in self._progress.items():
+            if node != self.id and pr.sent_commit < self._log.committed:
+                self._send_append(node, allow_empty=True)
 
-    def _send_append(self, to: NodeId) -> bool:
+    def _send_all_appends(self, to: NodeId) -> None:
+        """Send every new entry the follower's window allows."""
+        pr = self._progress[to]
+        while self._send_append(to) and pr.state is ProgressState.REPLICATE:
+            pass
+
+    def _send_append(self, to: NodeId, *, allow_empty: bool = False) -> bool:
+        """One append from the follower's next index (a snapshot if that is compacted).
+        Empty appends carry only the commit index or probe for a match."""
         pr = self._progress[to]
         if pr.paused:
             return False
@@ -694,6 +722,8 @@ class Replica:
         if prev_term is None:
             return self._start_snapshot(to, pr)
         entries = self._log.entries(pr.next, self._log.last_index + 1, self.config.max_msg_bytes)
+        if not entries and not allow_empty:
+            return False
         self._send(
             AppendRequest(
                 **self._hdr(to),
@@ -703,6 +733,8 @@ class Replica:
                 leader_commit=self._log.committed,
             )
         )
+        pr.sent_commit = self._log.committed
+        pr.sent_round = self._round
         if entries:
             pr.sent_entries(entries[-1].index)
         elif pr.state is ProgressState.PROBE:
@@ -722,6 +754,7 @@ class Replica:
         if snapshot is None or snapshot.meta.index != pr.pending_snapshot:
             pr.become_probe()  # our snapshot moved on; probe again and start the newer one
             return
+        pr.sent_round = self._round
         offset, chunk, done = cut_chunk(
             snapshot, pr.snapshot_offset, self.config.snapshot_chunk_bytes
         )
@@ -737,13 +770,14 @@ class Replica:
         )
 
     def _broadcast_heartbeat(self) -> None:
+        self._round += 1
         for node, pr in self._progress.items():
             if node != self.id:
                 self._send(
                     Heartbeat(
                         **self._hdr(node),
                         commit=min(pr.match, self._log.committed),
-                        read_seq=self._reads.seq,
+                        read_seq=self._round,
                     )
                 )
 
@@ -757,14 +791,12 @@ class Replica:
         if len(self._voters) == 1:
             self._answer_read(context, self._log.committed, requester)
             return
-        self._reads.add(context, self._log.committed, requester)
+        self._reads.add(context, self._log.committed, requester, self._round + 1)
         self._broadcast_heartbeat()
 
     def _release_reads(self) -> None:
-        confirmed = sorted(
-            (self._reads.seq if n == self.id else p.read_seq for n, p in self._progress.items()),
-            reverse=True,
-        )[self._quorum - 1]
+        rounds = [self._round if n == self.id else p.acked_round for n, p in self._progress.items()]
+        confirmed = sorted(rounds, reverse=True)[self._quorum - 1]
         for read in self._reads.release(confirmed):
             self._answer_read(read.context, read.index, read.requester)
 

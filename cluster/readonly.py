@@ -2,9 +2,9 @@
 
 A read is served at the commit index the leader had when the read arrived, but only once a
 majority has answered a heartbeat sent *after* that — proof that no newer leader existed then.
-Reads are numbered by a per-term sequence; heartbeats carry the newest number, and a follower's
-answer confirms every read numbered up to what it echoes. One heartbeat round confirms a whole
-batch of reads.
+The leader numbers its heartbeat rounds (per term); a read waits for the round sent right after it
+arrived, and a follower's answer to round r confirms every read waiting for a round <= r. One
+heartbeat round confirms a whole batch of reads.
 """
 
 from __future__ import annotations
@@ -19,24 +19,21 @@ from cluster.types import NodeId
 class PendingRead:
     context: bytes
     index: int  # commit index when the read arrived
-    seq: int
+    round: int  # the heartbeat round that must reach a quorum
     requester: NodeId  # the leader itself, or a follower that forwarded it
 
 
 class ReadOnlyQueue:
     def __init__(self) -> None:
-        self.seq = 0
         self._pending: deque[PendingRead] = deque()
 
-    def add(self, context: bytes, index: int, requester: NodeId) -> int:
-        self.seq += 1
-        self._pending.append(PendingRead(context, index, self.seq, requester))
-        return self.seq
+    def add(self, context: bytes, index: int, requester: NodeId, round: int) -> None:
+        self._pending.append(PendingRead(context, index, round, requester))
 
-    def release(self, confirmed_seq: int) -> list[PendingRead]:
-        """Every read whose round is confirmed by a quorum (``confirmed_seq``), in order."""
+    def release(self, confirmed_round: int) -> list[PendingRead]:
+        """Every read whose round a quorum has answered (``confirmed_round``), in order."""
         out: list[PendingRead] = []
-        while self._pending and self._pending[0].seq <= confirmed_seq:
+        while self._pending and self._pending[0].round <= confirmed_round:
             out.append(self._pending.popleft())
         return out
 
