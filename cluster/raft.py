@@ -223,7 +223,11 @@ class Replica:
         return first
 
     def read_index(self, context: bytes) -> None:
-        """Ask for a linearizable read point; the answer is a ReadState (or a dropped read)."""
+        """Ask for a linearizable read point; the answer is a ReadState (or a dropped read).
+
+        On a follower the request is forwarded to the leader it knows, and nothing is kept here:
+        if that leader is gone or the message is lost, no answer ever comes. The runtime must
+        put a deadline on every read (as it does on every proposal) and retry elsewhere."""
         if self.role is Role.LEADER:
             self._leader_read(context, self.id)
         elif self.role is Role.FOLLOWER and self.leader != NO_NODE:
