@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-PROTO_FILES = ("proto/raft.proto",)
-"""Sources, relative to the repo root."""
+PROTO_FILES = tuple(
+    sorted(p.relative_to(REPO_ROOT).as_posix() for p in (REPO_ROOT / "proto").glob("*.proto"))
+)
+"""Sources, relative to the repo root: every ``proto/*.proto``."""
 
 
 def generated_files() -> list[str]:
