@@ -26,7 +26,9 @@ class RaftLog:
                 f"stored entries start at {self._entries[0].index}, expected {self._offset + 1}"
             )
         self._unstable = self.last_index + 1  # first index not yet handed out for persisting
-        self.committed = min(max(stored.hard_state.commit, self._offset), self.last_index)
+        # The state machine only ever applies committed entries, so what it holds is committed
+        # even when the stored commit index (synced lazily, see Ready.must_sync) is older.
+        self.committed = min(max(stored.hard_state.commit, self._offset, applied), self.last_index)
         self.applied = min(max(applied, self._offset), self.committed)
 
     # ---- queries -----------------------------------------------------------------------------

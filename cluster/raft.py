@@ -325,15 +325,21 @@ class Replica:
             self._broadcast_commit()
         hs = self._hard_state()
         ss = self._soft_state()
+        entries = tuple(self._log.unstable_entries())
+        snapshot = self._log.pending_snapshot
         rd = Ready(
             hard_state=hs if hs != self._prev_hard_state else None,
-            entries=tuple(self._log.unstable_entries()),
-            snapshot=self._log.pending_snapshot,
+            entries=entries,
+            snapshot=snapshot,
             messages=tuple(self._msgs),
             committed_entries=tuple(self._log.committed_to_apply()),
             read_states=tuple(self._read_states),
             dropped_reads=tuple(self._dropped_reads),
             soft_state=ss if ss != self._prev_soft_state else None,
+            must_sync=bool(entries)
+            or snapshot is not None
+            or hs.term != self._prev_hard_state.term
+            or hs.voted_for != self._prev_hard_state.voted_for,
         )
         self._msgs = []
         self._read_states = []

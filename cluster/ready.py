@@ -5,7 +5,7 @@ The runtime loop, for every replica that ``has_ready()``::
     rd = replica.ready()
     storage: save rd.snapshot (if any, replacing the log), then rd.entries (an entry at index i
              replaces any stored entry at i or above), then rd.hard_state (if any)
-    storage.sync()                        # one fsync for every group on the node
+    storage.sync()  if any rd.must_sync   # one fsync for every group on the node
     send rd.messages                      # ONLY after the sync: they promise what was persisted
     restore rd.snapshot into the state machine, then apply rd.committed_entries in order
     answer rd.read_states once applied >= their index; fail rd.dropped_reads
@@ -59,8 +59,8 @@ class Ready:
     read_states: tuple[ReadState, ...] = ()
     dropped_reads: tuple[bytes, ...] = ()
     soft_state: SoftState | None = None
-
-    @property
-    def must_sync(self) -> bool:
-        """True when something must be made durable before ``messages`` go out."""
-        return self.hard_state is not None or bool(self.entries) or self.snapshot is not None
+    must_sync: bool = False
+    """Something must be durable before ``messages`` go out: entries, a snapshot, or a new term
+    or vote. A hard state that only moves the commit index is written but need not be synced
+    on its own (the next sync carries it): a lost commit index is learned again from the
+    leader, and applied entries prove their own commitment after a restart."""
