@@ -1,0 +1,185 @@
+"""What a Raft group applies its committed entries to, and the simplest useful implementation.
+
+``GroupStateMachine`` is the contract between the node host (``cluster.host``) and one group's
+application state. The host hands it committed entries in log order, exactly once per index as
+far as the state machine's own ``applied_index`` says, and routes each entry's result back to the
+``propose()`` call that created it.
+
+``LogStateMachine`` is a replicated append-only log of opaque records kept in SQLite. It is what
+the shard node runs until the chat state machine exists, and what the host's tests compare across
+replicas: every replica that applied the same prefix holds byte-identical records.
+
+Why ``synchronous=NORMAL`` is safe here: in WAL mode it makes every transaction atomic but not
+durable at commit (the WAL is fsynced at checkpoints). After a power loss the database may lose
+its newest transactions, never half of one, so ``applied_index`` and the records it covers always
+agree. The Raft log is the durable source of truth: the host restarts the replica at the state
+machine's own ``applied_index`` and the committed entries after it are applied again. (If a local
+snapshot moved the log's start past what the state machine still holds, the host restores the
+state machine from that snapshot first.)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from cluster.messages import Entry, EntryKind, Snapshot
+
+_SQLITE_HEADER_WRITE_VERSION = 18
+"""Bytes 18 and 19 of an SQLite file say rollback journal (1) or WAL (2); see ``snapshot()``."""
+
+
+class GroupStateMachine(Protocol):
+    """One group's application state on one node. Called only from the host's loop."""
+
+    def applied_index(self) -> int:
+        """The last log index whose effects this state machine holds (0 when empty). Durable
+        together with those effects: after a restart the host resumes applying right after it."""
+        ...
+
+    def apply(self, entries: Sequence[Entry]) -> list[object | None]:
+        """Apply committed ``entries`` (consecutive, in order) and return one result per entry:
+        ``None`` for ``EntryKind.NOOP``. Must be deterministic (every replica computes the same
+        results from the same entries) and must persist ``applied_index`` atomically with the
+        effects. Entries at or below ``applied_index`` may be handed over again after a crash
+        and must not be applied twice."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """A consistent copy of the whole state at ``applied_index()``, as opaque bytes."""
+        ...
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the whole state by ``snapshot.data``; afterwards ``applied_index()`` is
+        ``snapshot.meta.index``."""
+        ...
+
+
+class LogStateMachine:
+    """A replicated append-only log of records in one SQLite database (WAL mode).
+
+    Each NORMAL entry becomes one record; ``apply`` returns the record's position (1-based count
+    of records), NOOP entries return ``None``. ``read(from_pos, limit)`` pages through records.
+
+    Schema: ``records(pos INTEGER PRIMARY KEY, idx UNIQUE, term, data)`` and a one-row
+    ``meta(applied_index)``. ``pos`` (not the Raft index) is the key because readers page by
+    position and no-op entries leave gaps in the Raft indexes; ``idx`` stays unique so a
+    replayed entry is recognised.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._create_schema()
+        self._applied, self._count = self._load_marks()
+        self.restores = 0
+        """How many snapshots were restored into this state machine (for tests and status)."""
+
+    # ---- GroupStateMachine -------------------------------------------------------------------
+
+    def applied_index(self) -> int:
+        return self._applied
+
+    def apply(self, entries: Sequence[Entry]) -> list[object | None]:
+        results: list[object | None] = []
+        if not entries:
+            return results
+        conn = self._conn
+        count = self._count
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for entry in entries:
+                if entry.index <= self._applied:
+                    results.append(self._position_of(entry.index))  # replay after a crash
+                elif entry.kind is EntryKind.NOOP:
+                    results.append(None)
+                else:
+                    count += 1
+                    conn.execute(
+                        "INSERT INTO records(pos, idx, term, data) VALUES (?, ?, ?, ?)",
+                        (count, entry.index, entry.term, entry.data),
+                    )
+                    results.append(count)
+            applied = max(self._applied, entries[-1].index)
+            conn.execute("UPDATE meta SET applied_index = ?", (applied,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._applied, self._count = applied, count
+        return results
+
+    def snapshot(self) -> bytes:
+        """The database as one SQLite image, copied with the backup API (a consistent read).
+
+        The image's header still says WAL mode, and SQLite refuses to deserialize a WAL image
+        into memory; bytes 18-19 are set to rollback mode, which is all that distinguishes the
+        two formats on page 1."""
+        mem = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            self._conn.backup(mem)
+            image = bytearray(mem.serialize())
+        finally:
+            mem.close()
+        image[_SQLITE_HEADER_WRITE_VERSION : _SQLITE_HEADER_WRITE_VERSION + 2] = b"\x01\x01"
+        return bytes(image)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        mem = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            if snapshot.data:
+                mem.deserialize(snapshot.data)
+            else:
+                _create_schema(mem)  # an empty snapshot: the state before any entry
+            mem.backup(self._conn)
+        finally:
+            mem.close()
+        self._create_schema()
+        self._conn.execute("UPDATE meta SET applied_index = ?", (snapshot.meta.index,))
+        self._applied, self._count = self._load_marks()
+        self.restores += 1
+
+    # ---- reading -----------------------------------------------------------------------------
+
+    def read(self, from_pos: int, limit: int) -> list[bytes]:
+        """Up to ``limit`` records starting at position ``from_pos`` (1-based)."""
+        rows = self._conn.execute(
+            "SELECT data FROM records WHERE pos >= ? ORDER BY pos LIMIT ?", (from_pos, limit)
+        ).fetchall()
+        return [bytes(row[0]) for row in rows]
+
+    def count(self) -> int:
+        """Records held (NOOP entries make none)."""
+        return self._count
+
+    def close(self) -> None:
+        """Close the database; the host does not own state machines, their creator closes them."""
+        self._conn.close()
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        _create_schema(self._conn)
+
+    def _load_marks(self) -> tuple[int, int]:
+        (applied,) = self._conn.execute("SELECT applied_index FROM meta").fetchone()
+        (count,) = self._conn.execute("SELECT COALESCE(MAX(pos), 0) FROM records").fetchone()
+        return int(applied), int(count)
+
+    def _position_of(self, index: int) -> int | None:
+        row = self._conn.execute("SELECT pos FROM records WHERE idx = ?", (index,)).fetchone()
+        return None if row is None else int(row[0])
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS records ("
+        " pos INTEGER PRIMARY KEY, idx INTEGER NOT NULL UNIQUE,"
+        " term INTEGER NOT NULL, data BLOB NOT NULL)"
+    )
+    conn.execute("CREATE TABLE IF NOT EXISTS meta (applied_index INTEGER NOT NULL)")
+    conn.execute("INSERT INTO meta(applied_index) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM meta)")
