@@ -64,6 +64,14 @@ class DriverOutput:
     """Replicas that had work this round (0: the node was idle)."""
 
 
+@dataclass
+class PendingRound:
+    """A round written to the store but not yet durable (see ``NodeDriver.persist``)."""
+
+    batch: list[tuple[GroupId, Replica, Ready]] = field(default_factory=list)
+    must_sync: bool = False
+
+
 class NodeDriver:
     """Drives every replica hosted on one node through persist → sync → send → apply → advance."""
 
@@ -122,32 +130,42 @@ class NodeDriver:
 
     def process_ready(self) -> DriverOutput:
         """One loop turn for every replica with work; see ``cluster.ready`` for the order."""
-        out = DriverOutput()
-        batch: list[tuple[GroupId, Replica, Ready]] = []
-        must_sync = False
-        # 1. Persist every group's state into the one shared store.
+        pending = self.persist()
+        if pending.must_sync:
+            self.store.sync()
+        return self.finish(pending)
+
+    def persist(self) -> PendingRound:
+        """Steps 1 of a round: take every replica's Ready and write it to the shared store.
+
+        The caller must then make the store durable (``store.sync()``) when ``must_sync`` —
+        possibly on another thread, so the event loop keeps accepting requests meanwhile; that
+        is what lets the next round carry many proposals — and then call ``finish``. Nothing may
+        touch the replicas or the store in between."""
+        pending = PendingRound()
         for group, replica in self.replicas.items():
             if not replica.has_ready():
                 continue
             rd = replica.ready()
-            batch.append((group, replica, rd))
-            out.readies += 1
+            pending.batch.append((group, replica, rd))
             if rd.snapshot is not None:
                 self.store.save_snapshot(group, rd.snapshot, discard_log=True)
             if rd.entries:
                 self.store.append(group, rd.entries)
             if rd.hard_state is not None:
                 self.store.set_hard_state(group, rd.hard_state)
-            must_sync = must_sync or rd.must_sync
-        # 2. One durability point for all of it (group commit).
-        if must_sync:
-            self.store.sync()
-            out.synced = True
+            pending.must_sync = pending.must_sync or rd.must_sync
+        return pending
+
+    def finish(self, pending: PendingRound) -> DriverOutput:
+        """Steps 3-4 of a round, once ``pending`` is durable: release the messages, apply,
+        answer reads, advance."""
+        out = DriverOutput(synced=pending.must_sync, readies=len(pending.batch))
         # 3. Only now may anything promising that state leave the node.
-        for _, _, rd in batch:
+        for _, _, rd in pending.batch:
             out.messages.extend(rd.messages)
         # 4. Apply, answer reads, then tell each replica its Ready is done.
-        for group, replica, rd in batch:
+        for group, replica, rd in pending.batch:
             if rd.soft_state is not None:
                 out.soft_states.append((group, rd.soft_state))
             if rd.snapshot is not None:
