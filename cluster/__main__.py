@@ -1,4 +1,4 @@
-"""``python -m cluster``: run a local group (``up``) or a benchmark (``bench core``)."""
+"""``python -m cluster``: start a local cluster (``up``), inspect it (``status``), benchmark."""
 
 from __future__ import annotations
 
@@ -8,47 +8,189 @@ import sys
 from pathlib import Path
 
 
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m cluster", description="raftchat's Raft library: local runs and benchmarks."
+        prog="python -m cluster",
+        description="raftchat's multi-group Raft cluster: start it, inspect it, measure it.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    default_dir = os.environ.get("RAFTCHAT_DATA_DIR", "./data")
+
     up = sub.add_parser(
         "up",
-        help="run a local Raft cluster in this process, data on disk",
-        description="Run NODES replicas of GROUPS Raft groups in this process, each node with "
-        "its own durable log under --data-dir; elects leaders, commits a heartbeat write every "
-        "second, recovers everything when restarted on the same directory. Ctrl-C stops.",
+        help="start discovery and shard nodes as child processes, data on disk",
+        description="Start a whole local cluster in the foreground: discovery replicas and shard "
+        "nodes as child processes, each with its data under --data-dir. Prints when every group "
+        "has a leader and writes DATA_DIR/cluster.json with every endpoint. Ctrl-C stops it "
+        "cleanly; the same command on the same --data-dir restarts it with all data intact "
+        "(the shape flags must then match what cluster.json says).",
     )
-    up.add_argument("--data-dir", default=os.environ.get("RAFTCHAT_DATA_DIR", "./data"),
-                    help="where the logs live (env RAFTCHAT_DATA_DIR; default ./data)")
-    up.add_argument("--nodes", type=int, default=3, help="replicas per group (default 3)")
-    up.add_argument("--groups", type=int, default=8, help="Raft groups (default 8)")
-    up.add_argument("--duration", type=float, default=None,
-                    help="stop after this many seconds (default: run until Ctrl-C)")
+    up.add_argument(
+        "--data-dir",
+        default=default_dir,
+        help="where every process keeps its data (env RAFTCHAT_DATA_DIR; ./data)",
+    )
+    up.add_argument(
+        "--nodes",
+        type=int,
+        default=_env_int("RAFTCHAT_NODES", 3),
+        help="shard nodes (env RAFTCHAT_NODES; default 3)",
+    )
+    up.add_argument(
+        "--groups",
+        type=int,
+        default=_env_int("RAFTCHAT_GROUPS", 8),
+        help="Raft groups, fixed at creation (env RAFTCHAT_GROUPS; default 8)",
+    )
+    up.add_argument(
+        "--rf",
+        type=int,
+        default=_env_int("RAFTCHAT_RF", 3),
+        help="replicas per group (env RAFTCHAT_RF; default 3)",
+    )
+    up.add_argument(
+        "--discovery-replicas",
+        type=int,
+        choices=(1, 3),
+        default=_env_int("RAFTCHAT_DISCOVERY_REPLICAS", 1),
+        help="discovery Raft group size: 1 (dev) or 3 (HA); default 1",
+    )
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=_env_int("RAFTCHAT_BASE_PORT", 7100),
+        help="first port; discovery uses base.., nodes base+20.. (default 7100; "
+        "0 picks free ports)",
+    )
+    up.add_argument(
+        "--host",
+        default=os.environ.get("RAFTCHAT_HOST", "127.0.0.1"),
+        help="address every process listens on (default 127.0.0.1)",
+    )
+    up.add_argument(
+        "--fsync",
+        choices=("on", "off"),
+        default="on",
+        help="off skips fsync: for benchmarks only, acknowledged data may be lost",
+    )
+
+    status = sub.add_parser(
+        "status",
+        help="table of nodes and groups of the cluster in --data-dir",
+        description="Ask discovery and every node of the cluster recorded in "
+        "DATA_DIR/cluster.json: nodes up/down, groups with replicas, leader, term, commit and "
+        "applied index and follower lag.",
+    )
+    status.add_argument(
+        "--data-dir",
+        default=default_dir,
+        help="the cluster's data dir (env RAFTCHAT_DATA_DIR; default ./data)",
+    )
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+
+    boot = sub.add_parser(
+        "bootstrap",
+        help="fix a cluster's nodes, group count and rf in discovery (multi-machine set-ups)",
+        description="One Bootstrap call to discovery: which node ids exist and where, how many "
+        "groups, how many replicas each. Idempotent; a different existing bootstrap is refused. "
+        "`cluster up` does this itself for local clusters.",
+    )
+    boot.add_argument(
+        "--discovery", required=True, help="comma-separated discovery public addresses"
+    )
+    boot.add_argument(
+        "--nodes",
+        required=True,
+        help="ID=PUBLIC/INTERNAL,... e.g. 1=10.0.0.1:7120/10.0.0.1:7121,...",
+    )
+    boot.add_argument("--groups", type=int, default=8, help="Raft groups (default 8)")
+    boot.add_argument("--rf", type=int, default=3, help="replicas per group (default 3)")
+    boot.add_argument("--cluster-id", default="", help="default: a random id")
+
     bench = sub.add_parser("bench", help="print performance figures (never fails on a time)")
-    bench.add_argument("target", choices=["core"], help="core: 3 replicas in one process, on disk")
+    bench.add_argument(
+        "target",
+        choices=["core", "cluster"],
+        help="core: 3 replicas in one process, on disk; cluster: 3 node processes over gRPC",
+    )
+    bench.add_argument(
+        "--in-flight", type=int, default=64, help="cluster: concurrent Append calls (default 64)"
+    )
+    bench.add_argument(
+        "--batches",
+        default="1,16",
+        help="cluster: comma-separated records per Append call (default 1,16)",
+    )
     bench.add_argument("--seconds", type=float, default=2.0, help="run time per row (default 2)")
     bench.add_argument("--size", type=int, default=200, help="proposal size in bytes (default 200)")
-    bench.add_argument("--windows", default="64,256,4096",
-                       help="comma-separated proposals kept in flight, one row pair each "
-                       "(default 64,256,4096)")
-    bench.add_argument("--data-dir", default=None,
-                       help="directory for the temporary logs (default: the system temp dir)")
+    bench.add_argument(
+        "--windows",
+        default="64,256,4096",
+        help="comma-separated proposals kept in flight, one row pair each (default 64,256,4096)",
+    )
+    bench.add_argument(
+        "--data-dir",
+        default=None,
+        help="directory for the temporary logs (default: the system temp dir)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "up":
-        from cluster.local import run_local
+        from cluster.launcher import run_up
 
-        if args.nodes < 1 or args.groups < 1:
-            print("error: --nodes and --groups must be at least 1", file=sys.stderr)
+        return run_up(
+            data_dir=Path(args.data_dir),
+            nodes=args.nodes,
+            groups=args.groups,
+            rf=args.rf,
+            discovery_replicas=args.discovery_replicas,
+            base_port=args.base_port,
+            host=args.host,
+            fsync=args.fsync == "on",
+        )
+    if args.command == "bootstrap":
+        from cluster.launcher import LaunchError, bootstrap_remote
+
+        try:
+            print(
+                bootstrap_remote(
+                    discovery=[a.strip() for a in args.discovery.split(",") if a.strip()],
+                    nodes=args.nodes,
+                    groups=args.groups,
+                    rf=args.rf,
+                    cluster_id=args.cluster_id,
+                )
+            )
+        except LaunchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
             return 2
-        run_local(
-            data_dir=Path(args.data_dir), nodes=args.nodes, groups=args.groups,
-            duration=args.duration,
+        return 0
+    if args.command == "status":
+        from cluster.launcher import LaunchError, load_spec
+        from cluster.status import collect, render_json, render_table
+
+        try:
+            spec = load_spec(Path(args.data_dir))
+        except LaunchError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        result = collect(spec)
+        print(render_json(result) if args.json else render_table(result))
+        return 0 if all(n.up for n in result.nodes) else 1
+    if args.target == "cluster":
+        from cluster.bench_cluster import bench_cluster
+
+        batches = [int(b) for b in args.batches.split(",")]
+        bench_cluster(
+            seconds=args.seconds, size=args.size, in_flight=args.in_flight, batches=batches
         )
         return 0
     from cluster.bench import bench_core

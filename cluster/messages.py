@@ -206,7 +206,6 @@ def entries_size(entries: tuple[Entry, ...] | list[Entry]) -> int:
     return sum(len(e.data) for e in entries)
 
 
-
 @dataclass(frozen=True, slots=True)
 class StoredState:
     """What durable storage hands back to rebuild a replica after a restart."""

@@ -1,0 +1,244 @@
+"""A shard node: one process hosting replicas of many Raft groups (``python -m shards``).
+
+Start-up, in order, each step failing loudly with a clear message and a non-zero exit:
+
+1. learn the cluster map: register with discovery, or — when discovery is unreachable — fall
+   back to the map cached in the data dir by an earlier run (nodes keep serving without it);
+2. open the node's durable log (``LogStore`` refuses a data dir of another node or cluster);
+3. bind the internal (Raft) and public ports (a port in use is an error, not a retry loop);
+4. host every group the placement gives this node, each with its own state machine database;
+5. serve, heartbeat discovery with the leaders this node sees, re-register when it returns.
+
+Until the chat service lands, a group's state machine is the replicated append-only log of
+``cluster.statemachine.LogStateMachine``; the node serves it through ``ShardLog``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cluster.errors import DataDirMismatch, StorageError
+from cluster.host import NodeHost
+from cluster.statemachine import LogStateMachine
+from cluster.storage import LogStore
+from cluster.transport import SERVER_OPTIONS as TRANSPORT_SERVER_OPTIONS
+from cluster.transport import GrpcTransport, add_transport_servicer
+from cluster.types import GroupId, NodeId
+from dns.client import DiscoveryClient, DiscoveryClientError
+from dns.clustermap import ClusterMap, NodeAddress
+from dns.codec import map_from_proto, map_to_proto
+from dns.server import AioHealthServicer
+from dns.state import LeaderReport
+from proto import discovery_pb2, node_pb2, node_pb2_grpc
+from shards.log_service import NodeAdminService, ShardLogService
+
+log = logging.getLogger("shards.node")
+
+MAP_CACHE = "cluster-map.pb"
+OWN_PORT: tuple[tuple[str, int], ...] = (("grpc.so_reuseport", 0),)
+"""gRPC sets SO_REUSEPORT by default, letting a second process silently share a port in use."""
+HEARTBEAT_SECONDS = 1.0
+
+
+class NodeStartError(Exception):
+    """The node cannot start as configured; the message says what to fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    node_id: NodeId
+    listen: str
+    internal_listen: str
+    advertise: str
+    internal_advertise: str
+    discovery: tuple[str, ...]
+    data_dir: Path
+    fsync: bool = True
+    tick_ms: int = 50
+    snapshot_entries: int = 10_000
+
+
+async def learn_map(opts: NodeOptions, client: DiscoveryClient) -> ClusterMap:
+    """Register with discovery; without it, the map this node cached last time."""
+    me = NodeAddress(opts.node_id, opts.advertise, opts.internal_advertise)
+    cache = opts.data_dir / MAP_CACHE
+    try:
+        cmap = await client.register(me, timeout=10.0)
+    except DiscoveryClientError as exc:
+        if exc.code is grpc.StatusCode.NOT_FOUND:
+            raise NodeStartError(f"discovery does not know node {opts.node_id}: {exc}") from exc
+        if not cache.exists():
+            raise NodeStartError(
+                f"discovery unreachable ({exc}) and no cached map in {opts.data_dir}"
+            ) from exc
+        log.warning("discovery unreachable (%s); starting from the cached map", exc)
+        msg = discovery_pb2.ClusterMap()
+        msg.ParseFromString(cache.read_bytes())
+        return map_from_proto(msg)
+    if not cmap.bootstrapped:
+        raise NodeStartError("discovery has no cluster yet: bootstrap it first (cluster up does)")
+    save_map(opts.data_dir, cmap)
+    return cmap
+
+
+def save_map(data_dir: Path, cmap: ClusterMap) -> None:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / (MAP_CACHE + ".tmp")
+    tmp.write_bytes(map_to_proto(cmap).SerializeToString())
+    tmp.replace(data_dir / MAP_CACHE)
+
+
+def _bind(server: grpc.aio.Server, address: str, what: str) -> None:
+    try:
+        port = server.add_insecure_port(address)
+    except RuntimeError as exc:
+        raise NodeStartError(f"cannot listen on {address} ({what}): {exc}") from exc
+    if port == 0:
+        raise NodeStartError(f"cannot listen on {address} ({what}): port in use?")
+
+
+class ShardNode:
+    def __init__(self, opts: NodeOptions) -> None:
+        self.opts = opts
+        self.client = DiscoveryClient(list(opts.discovery))
+        self.cmap: ClusterMap | None = None
+        self.host: NodeHost | None = None
+        self.store: LogStore | None = None
+        self._servers: list[grpc.aio.Server] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._leaders_changed = asyncio.Event()
+        self.machines: dict[GroupId, LogStateMachine] = {}
+
+    async def start(self) -> None:
+        opts = self.opts
+        cmap = self.cmap = await learn_map(opts, self.client)
+        if cmap.node(opts.node_id) is None:
+            raise NodeStartError(f"node {opts.node_id} is not in cluster {cmap.cluster_id}")
+        try:
+            self.store = LogStore.open(
+                opts.data_dir / "raft",
+                node_id=opts.node_id,
+                cluster_id=cmap.cluster_id,
+                fsync=opts.fsync,
+            )
+        except (DataDirMismatch, StorageError) as exc:
+            raise NodeStartError(f"data dir {opts.data_dir}: {exc}") from exc
+        if self.store.recovery.reason:
+            log.warning("log recovery cut a damaged tail: %s", self.store.recovery)
+        peers = {n.id: n.internal_addr for n in cmap.nodes if n.id != opts.node_id}
+        transport = GrpcTransport(opts.node_id, peers)
+        host = self.host = NodeHost(
+            opts.node_id,
+            self.store,
+            transport,
+            tick_interval=opts.tick_ms / 1000,
+            compact_after=opts.snapshot_entries,
+        )
+        internal = grpc.aio.server(options=OWN_PORT + TRANSPORT_SERVER_OPTIONS)
+        add_transport_servicer(internal, host.deliver)
+        _bind(internal, opts.internal_listen, "internal Raft port")
+        public = grpc.aio.server(options=OWN_PORT)
+        _bind(public, opts.listen, "public port")
+        hosted: list[GroupId] = []
+        db_dir = opts.data_dir / "groups"
+        db_dir.mkdir(parents=True, exist_ok=True)
+        for placement in cmap.groups:
+            if opts.node_id in placement.replicas:
+                sm = LogStateMachine(db_dir / f"group-{placement.group}.sqlite")
+                try:
+                    host.add_group(placement.group, placement.replicas, sm)
+                except DataDirMismatch as exc:
+                    raise NodeStartError(f"data dir {opts.data_dir}: {exc}") from exc
+                hosted.append(placement.group)
+                self.machines[placement.group] = sm
+        node_pb2_grpc.add_ShardLogServicer_to_server(ShardLogService(self), public)  # type: ignore[no-untyped-call]
+        node_pb2_grpc.add_NodeAdminServicer_to_server(NodeAdminService(self), public)  # type: ignore[no-untyped-call]
+        health_servicer = AioHealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, public)
+        names = (
+            node_pb2.DESCRIPTOR.services_by_name["ShardLog"].full_name,
+            node_pb2.DESCRIPTOR.services_by_name["NodeAdmin"].full_name,
+            health.SERVICE_NAME,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(names, public)
+        host.on_leadership(lambda group, leader, term: self._leaders_changed.set())
+        await host.start()
+        await internal.start()
+        await public.start()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._servers = [public, internal]
+        self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+        log.info(
+            "node %s serving %s (internal %s), groups %s",
+            opts.node_id,
+            opts.listen,
+            opts.internal_listen,
+            hosted,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        """Renew the lease and report leaders; on a newer epoch refresh the cached map."""
+        assert self.host is not None
+        me = NodeAddress(self.opts.node_id, self.opts.advertise, self.opts.internal_advertise)
+        registered = True
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._leaders_changed.wait(), HEARTBEAT_SECONDS)
+            self._leaders_changed.clear()
+            reports = [
+                LeaderReport(GroupId(s.group), NodeId(s.leader), s.term)
+                for s in self.host.status()
+                if s.leader
+            ]
+            try:
+                if not registered:
+                    self.cmap = await self.client.register(me, timeout=2.0)
+                    registered = True
+                epoch = await self.client.heartbeat(self.opts.node_id, reports, timeout=2.0)
+                if self.cmap is None or epoch > self.cmap.epoch:
+                    self.cmap = await self.client.get_map(timeout=2.0)
+                    save_map(self.opts.data_dir, self.cmap)
+            except DiscoveryClientError as exc:
+                if registered:
+                    log.warning("discovery unreachable (%s); serving from the cached map", exc)
+                registered = False
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for server in self._servers:
+            await server.stop(grace=0.5)
+        if self.host is not None:
+            await self.host.stop()
+        await self.client.close()
+
+
+async def serve(opts: NodeOptions) -> int:
+    node = ShardNode(opts)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await node.start()
+    except NodeStartError as exc:
+        log.error("%s", exc)
+        await node.stop()
+        return 2
+    await stop.wait()
+    log.info("node %s stopping", opts.node_id)
+    await node.stop()
+    return 0
