@@ -24,7 +24,7 @@ typecheck: venv
 	$(VENV)/bin/mypy
 
 unit: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2
 
 proto: venv
 	$(PY) proto/generate.py
