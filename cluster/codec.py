@@ -180,13 +180,13 @@ def encode(msg: Message) -> raft_pb2.RaftMessage:
             pb.heartbeat.CopyFrom(
                 raft_pb2.Heartbeat(
                     commit=_number(msg.commit, "heartbeat.commit"),
-                    read_seq=_number(msg.read_seq, "heartbeat.read_seq"),
+                    round=_number(msg.round, "heartbeat.round"),
                 )
             )
         case HeartbeatResponse():
             pb.heartbeat_response.CopyFrom(
                 raft_pb2.HeartbeatResponse(
-                    read_seq=_number(msg.read_seq, "heartbeat_response.read_seq")
+                    round=_number(msg.round, "heartbeat_response.round")
                 )
             )
         case SnapshotChunk():
@@ -331,7 +331,7 @@ def decode(pb: raft_pb2.RaftMessage) -> Message:
                 to=to,
                 term=term,
                 commit=_number(hb.commit, "heartbeat.commit"),
-                read_seq=_number(hb.read_seq, "heartbeat.read_seq"),
+                round=_number(hb.round, "heartbeat.round"),
             )
         case "heartbeat_response":
             return HeartbeatResponse(
@@ -339,7 +339,7 @@ def decode(pb: raft_pb2.RaftMessage) -> Message:
                 sender=sender,
                 to=to,
                 term=term,
-                read_seq=_number(pb.heartbeat_response.read_seq, "heartbeat_response.read_seq"),
+                round=_number(pb.heartbeat_response.round, "heartbeat_response.round"),
             )
         case "snapshot_chunk":
             sc = pb.snapshot_chunk

@@ -129,10 +129,10 @@ def _body(msg: Message) -> str:
                 )
             return f"AppResp term={msg.term} idx={msg.index}"
         case Heartbeat():
-            read = f" read={msg.read_seq}" if msg.read_seq else ""
+            read = f" round={msg.round}" if msg.round else ""
             return f"Heartbeat term={msg.term} commit={msg.commit}{read}"
         case HeartbeatResponse():
-            read = f" read={msg.read_seq}" if msg.read_seq else ""
+            read = f" round={msg.round}" if msg.round else ""
             return f"HeartbeatResp term={msg.term}{read}"
         case SnapshotChunk():
             done = " done" if msg.done else ""

@@ -118,15 +118,17 @@ class AppendResponse(RaftMessage):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Heartbeat(RaftMessage):
     """Keeps followers from campaigning; ``commit`` is capped at what the follower is known to
-    hold. ``read_seq`` numbers the newest ReadIndex round the leader wants confirmed."""
+    hold. ``round`` numbers the leader's heartbeat rounds in its term: an answer to round r proves
+    the follower heard this leader after everything the leader did before sending it (ReadIndex
+    and lost-append detection both rest on that)."""
 
     commit: int = 0
-    read_seq: int = 0
+    round: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class HeartbeatResponse(RaftMessage):
-    read_seq: int = 0
+    round: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -513,7 +513,7 @@ class Replica:
             elif isinstance(msg, Heartbeat):
                 if msg.commit <= self._log.last_index:
                     self._log.commit_to(msg.commit)
-                self._send(HeartbeatResponse(**self._hdr(msg.sender), read_seq=msg.read_seq))
+                self._send(HeartbeatResponse(**self._hdr(msg.sender), round=msg.round))
             else:
                 self._handle_snapshot_chunk(msg)
         elif isinstance(msg, TimeoutNow):
@@ -669,8 +669,8 @@ class Replica:
             self._send(TimeoutNow(**self._hdr(to)))
 
     def _handle_heartbeat_response(self, msg: HeartbeatResponse, pr: Progress) -> None:
-        if msg.read_seq > pr.acked_round:
-            pr.acked_round = msg.read_seq
+        if msg.round > pr.acked_round:
+            pr.acked_round = msg.round
             self._release_reads()
         if pr.state is ProgressState.PROBE:
             if pr.match < self._log.last_index:
@@ -678,7 +678,7 @@ class Replica:
                 self._send_append(msg.sender, allow_empty=True)
             return
         waiting = pr.state is ProgressState.SNAPSHOT or pr.match < self._log.last_index
-        if not waiting or msg.read_seq <= pr.sent_round:
+        if not waiting or msg.round <= pr.sent_round:
             return  # nothing outstanding, or this heartbeat left before our data did
         pr.stalled += 1
         if pr.stalled < STALL_HEARTBEATS:
@@ -787,7 +787,7 @@ class Replica:
                     Heartbeat(
                         **self._hdr(node),
                         commit=min(pr.match, self._log.committed),
-                        read_seq=self._round,
+                        round=self._round,
                     )
                 )
 

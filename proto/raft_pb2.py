@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/raft.proto\x12\rraftchat.raft\"Z\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.raftchat.raft.EntryKind\"<\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tvoted_for\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\";\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06voters\x18\x03 \x03(\x04\"`\n\x0bVoteRequest\x12\x16\n\x0elast_log_index\x18\x01 \x01(\x04\x12\x15\n\rlast_log_term\x18\x02 \x01(\x04\x12\x10\n\x08pre_vote\x18\x03 \x01(\x08\x12\x10\n\x08transfer\x18\x04 \x01(\x08\"1\n\x0cVoteResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x10\n\x08pre_vote\x18\x02 \x01(\x08\"|\n\rAppendRequest\x12\x16\n\x0eprev_log_index\x18\x01 \x01(\x04\x12\x15\n\rprev_log_term\x18\x02 \x01(\x04\x12%\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x14.raftchat.raft.Entry\x12\x15\n\rleader_commit\x18\x04 \x01(\x04\"V\n\x0e\x41ppendResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0e\n\x06reject\x18\x02 \x01(\x08\x12\x12\n\nhint_index\x18\x03 \x01(\x04\x12\x11\n\thint_term\x18\x04 \x01(\x04\"-\n\tHeartbeat\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\x04\x12\x10\n\x08read_seq\x18\x02 \x01(\x04\"%\n\x11HeartbeatResponse\x12\x10\n\x08read_seq\x18\x01 \x01(\x04\"z\n\rSnapshotChunk\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.raftchat.raft.SnapshotMeta\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\ntotal_size\x18\x04 \x01(\x04\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\"Q\n\x0bSnapshotAck\x12\x16\n\x0esnapshot_index\x18\x01 \x01(\x04\x12\x15\n\rsnapshot_term\x18\x02 \x01(\x04\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x04\"\x0c\n\nTimeoutNow\"#\n\x10ReadIndexRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\"3\n\x11ReadIndexResponse\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\"\xb7\x05\n\x0bRaftMessage\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\x04\x12\n\n\x02to\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x32\n\x0cvote_request\x18\n \x01(\x0b\x32\x1a.raftchat.raft.VoteRequestH\x00\x12\x34\n\rvote_response\x18\x0b \x01(\x0b\x32\x1b.raftchat.raft.VoteResponseH\x00\x12\x36\n\x0e\x61ppend_request\x18\x0c \x01(\x0b\x32\x1c.raftchat.raft.AppendRequestH\x00\x12\x38\n\x0f\x61ppend_response\x18\r \x01(\x0b\x32\x1d.raftchat.raft.AppendResponseH\x00\x12-\n\theartbeat\x18\x0e \x01(\x0b\x32\x18.raftchat.raft.HeartbeatH\x00\x12>\n\x12heartbeat_response\x18\x0f \x01(\x0b\x32 .raftchat.raft.HeartbeatResponseH\x00\x12\x36\n\x0esnapshot_chunk\x18\x10 \x01(\x0b\x32\x1c.raftchat.raft.SnapshotChunkH\x00\x12\x32\n\x0csnapshot_ack\x18\x11 \x01(\x0b\x32\x1a.raftchat.raft.SnapshotAckH\x00\x12\x30\n\x0btimeout_now\x18\x12 \x01(\x0b\x32\x19.raftchat.raft.TimeoutNowH\x00\x12=\n\x12read_index_request\x18\x13 \x01(\x0b\x32\x1f.raftchat.raft.ReadIndexRequestH\x00\x12?\n\x13read_index_response\x18\x14 \x01(\x0b\x32 .raftchat.raft.ReadIndexResponseH\x00\x42\x06\n\x04\x62ody\"<\n\x0cMessageBatch\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.raftchat.raft.RaftMessage\"\x1a\n\x07SendAck\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04*7\n\tEntryKind\x12\x15\n\x11\x45NTRY_KIND_NORMAL\x10\x00\x12\x13\n\x0f\x45NTRY_KIND_NOOP\x10\x01\x32N\n\rRaftTransport\x12=\n\x04Send\x12\x1b.raftchat.raft.MessageBatch\x1a\x16.raftchat.raft.SendAck(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x10proto/raft.proto\x12\rraftchat.raft\"Z\n\x05\x45ntry\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12&\n\x04kind\x18\x04 \x01(\x0e\x32\x18.raftchat.raft.EntryKind\"<\n\tHardState\x12\x0c\n\x04term\x18\x01 \x01(\x04\x12\x11\n\tvoted_for\x18\x02 \x01(\x04\x12\x0e\n\x06\x63ommit\x18\x03 \x01(\x04\";\n\x0cSnapshotMeta\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0e\n\x06voters\x18\x03 \x03(\x04\"`\n\x0bVoteRequest\x12\x16\n\x0elast_log_index\x18\x01 \x01(\x04\x12\x15\n\rlast_log_term\x18\x02 \x01(\x04\x12\x10\n\x08pre_vote\x18\x03 \x01(\x08\x12\x10\n\x08transfer\x18\x04 \x01(\x08\"1\n\x0cVoteResponse\x12\x0f\n\x07granted\x18\x01 \x01(\x08\x12\x10\n\x08pre_vote\x18\x02 \x01(\x08\"|\n\rAppendRequest\x12\x16\n\x0eprev_log_index\x18\x01 \x01(\x04\x12\x15\n\rprev_log_term\x18\x02 \x01(\x04\x12%\n\x07\x65ntries\x18\x03 \x03(\x0b\x32\x14.raftchat.raft.Entry\x12\x15\n\rleader_commit\x18\x04 \x01(\x04\"V\n\x0e\x41ppendResponse\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0e\n\x06reject\x18\x02 \x01(\x08\x12\x12\n\nhint_index\x18\x03 \x01(\x04\x12\x11\n\thint_term\x18\x04 \x01(\x04\"*\n\tHeartbeat\x12\x0e\n\x06\x63ommit\x18\x01 \x01(\x04\x12\r\n\x05round\x18\x02 \x01(\x04\"\"\n\x11HeartbeatResponse\x12\r\n\x05round\x18\x01 \x01(\x04\"z\n\rSnapshotChunk\x12)\n\x04meta\x18\x01 \x01(\x0b\x32\x1b.raftchat.raft.SnapshotMeta\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x12\n\ntotal_size\x18\x04 \x01(\x04\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\"Q\n\x0bSnapshotAck\x12\x16\n\x0esnapshot_index\x18\x01 \x01(\x04\x12\x15\n\rsnapshot_term\x18\x02 \x01(\x04\x12\x13\n\x0bnext_offset\x18\x03 \x01(\x04\"\x0c\n\nTimeoutNow\"#\n\x10ReadIndexRequest\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\"3\n\x11ReadIndexResponse\x12\x0f\n\x07\x63ontext\x18\x01 \x01(\x0c\x12\r\n\x05index\x18\x02 \x01(\x04\"\xb7\x05\n\x0bRaftMessage\x12\r\n\x05group\x18\x01 \x01(\x04\x12\x0e\n\x06sender\x18\x02 \x01(\x04\x12\n\n\x02to\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\x32\n\x0cvote_request\x18\n \x01(\x0b\x32\x1a.raftchat.raft.VoteRequestH\x00\x12\x34\n\rvote_response\x18\x0b \x01(\x0b\x32\x1b.raftchat.raft.VoteResponseH\x00\x12\x36\n\x0e\x61ppend_request\x18\x0c \x01(\x0b\x32\x1c.raftchat.raft.AppendRequestH\x00\x12\x38\n\x0f\x61ppend_response\x18\r \x01(\x0b\x32\x1d.raftchat.raft.AppendResponseH\x00\x12-\n\theartbeat\x18\x0e \x01(\x0b\x32\x18.raftchat.raft.HeartbeatH\x00\x12>\n\x12heartbeat_response\x18\x0f \x01(\x0b\x32 .raftchat.raft.HeartbeatResponseH\x00\x12\x36\n\x0esnapshot_chunk\x18\x10 \x01(\x0b\x32\x1c.raftchat.raft.SnapshotChunkH\x00\x12\x32\n\x0csnapshot_ack\x18\x11 \x01(\x0b\x32\x1a.raftchat.raft.SnapshotAckH\x00\x12\x30\n\x0btimeout_now\x18\x12 \x01(\x0b\x32\x19.raftchat.raft.TimeoutNowH\x00\x12=\n\x12read_index_request\x18\x13 \x01(\x0b\x32\x1f.raftchat.raft.ReadIndexRequestH\x00\x12?\n\x13read_index_response\x18\x14 \x01(\x0b\x32 .raftchat.raft.ReadIndexResponseH\x00\x42\x06\n\x04\x62ody\"<\n\x0cMessageBatch\x12,\n\x08messages\x18\x01 \x03(\x0b\x32\x1a.raftchat.raft.RaftMessage\"\x1a\n\x07SendAck\x12\x0f\n\x07\x62\x61tches\x18\x01 \x01(\x04*7\n\tEntryKind\x12\x15\n\x11\x45NTRY_KIND_NORMAL\x10\x00\x12\x13\n\x0f\x45NTRY_KIND_NOOP\x10\x01\x32N\n\rRaftTransport\x12=\n\x04Send\x12\x1b.raftchat.raft.MessageBatch\x1a\x16.raftchat.raft.SendAck(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proto.raft_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENTRYKIND']._serialized_start=1798
-  _globals['_ENTRYKIND']._serialized_end=1853
+  _globals['_ENTRYKIND']._serialized_start=1792
+  _globals['_ENTRYKIND']._serialized_end=1847
   _globals['_ENTRY']._serialized_start=35
   _globals['_ENTRY']._serialized_end=125
   _globals['_HARDSTATE']._serialized_start=127
@@ -48,25 +48,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPENDRESPONSE']._serialized_start=525
   _globals['_APPENDRESPONSE']._serialized_end=611
   _globals['_HEARTBEAT']._serialized_start=613
-  _globals['_HEARTBEAT']._serialized_end=658
-  _globals['_HEARTBEATRESPONSE']._serialized_start=660
-  _globals['_HEARTBEATRESPONSE']._serialized_end=697
-  _globals['_SNAPSHOTCHUNK']._serialized_start=699
-  _globals['_SNAPSHOTCHUNK']._serialized_end=821
-  _globals['_SNAPSHOTACK']._serialized_start=823
-  _globals['_SNAPSHOTACK']._serialized_end=904
-  _globals['_TIMEOUTNOW']._serialized_start=906
-  _globals['_TIMEOUTNOW']._serialized_end=918
-  _globals['_READINDEXREQUEST']._serialized_start=920
-  _globals['_READINDEXREQUEST']._serialized_end=955
-  _globals['_READINDEXRESPONSE']._serialized_start=957
-  _globals['_READINDEXRESPONSE']._serialized_end=1008
-  _globals['_RAFTMESSAGE']._serialized_start=1011
-  _globals['_RAFTMESSAGE']._serialized_end=1706
-  _globals['_MESSAGEBATCH']._serialized_start=1708
-  _globals['_MESSAGEBATCH']._serialized_end=1768
-  _globals['_SENDACK']._serialized_start=1770
-  _globals['_SENDACK']._serialized_end=1796
-  _globals['_RAFTTRANSPORT']._serialized_start=1855
-  _globals['_RAFTTRANSPORT']._serialized_end=1933
+  _globals['_HEARTBEAT']._serialized_end=655
+  _globals['_HEARTBEATRESPONSE']._serialized_start=657
+  _globals['_HEARTBEATRESPONSE']._serialized_end=691
+  _globals['_SNAPSHOTCHUNK']._serialized_start=693
+  _globals['_SNAPSHOTCHUNK']._serialized_end=815
+  _globals['_SNAPSHOTACK']._serialized_start=817
+  _globals['_SNAPSHOTACK']._serialized_end=898
+  _globals['_TIMEOUTNOW']._serialized_start=900
+  _globals['_TIMEOUTNOW']._serialized_end=912
+  _globals['_READINDEXREQUEST']._serialized_start=914
+  _globals['_READINDEXREQUEST']._serialized_end=949
+  _globals['_READINDEXRESPONSE']._serialized_start=951
+  _globals['_READINDEXRESPONSE']._serialized_end=1002
+  _globals['_RAFTMESSAGE']._serialized_start=1005
+  _globals['_RAFTMESSAGE']._serialized_end=1700
+  _globals['_MESSAGEBATCH']._serialized_start=1702
+  _globals['_MESSAGEBATCH']._serialized_end=1762
+  _globals['_SENDACK']._serialized_start=1764
+  _globals['_SENDACK']._serialized_end=1790
+  _globals['_RAFTTRANSPORT']._serialized_start=1849
+  _globals['_RAFTTRANSPORT']._serialized_end=1927
 # @@protoc_insertion_point(module_scope)

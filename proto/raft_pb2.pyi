@@ -91,18 +91,18 @@ class AppendResponse(_message.Message):
     def __init__(self, index: _Optional[int] = ..., reject: _Optional[bool] = ..., hint_index: _Optional[int] = ..., hint_term: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("commit", "read_seq")
+    __slots__ = ("commit", "round")
     COMMIT_FIELD_NUMBER: _ClassVar[int]
-    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ROUND_FIELD_NUMBER: _ClassVar[int]
     commit: int
-    read_seq: int
-    def __init__(self, commit: _Optional[int] = ..., read_seq: _Optional[int] = ...) -> None: ...
+    round: int
+    def __init__(self, commit: _Optional[int] = ..., round: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("read_seq",)
-    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
-    read_seq: int
-    def __init__(self, read_seq: _Optional[int] = ...) -> None: ...
+    __slots__ = ("round",)
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    def __init__(self, round: _Optional[int] = ...) -> None: ...
 
 class SnapshotChunk(_message.Message):
     __slots__ = ("meta", "offset", "data", "total_size", "done")

@@ -99,8 +99,8 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
         hint_index=numbers,
         hint_term=numbers,
     ),
-    Heartbeat: st.builds(Heartbeat, **_header(), commit=numbers, read_seq=numbers),
-    HeartbeatResponse: st.builds(HeartbeatResponse, **_header(), read_seq=numbers),
+    Heartbeat: st.builds(Heartbeat, **_header(), commit=numbers, round=numbers),
+    HeartbeatResponse: st.builds(HeartbeatResponse, **_header(), round=numbers),
     SnapshotChunk: snapshot_chunks(),
     SnapshotAck: st.builds(
         SnapshotAck,
