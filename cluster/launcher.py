@@ -114,6 +114,8 @@ def free_base_port(span: int = 64) -> int:
 
 def _port_free(host: str, port: int) -> bool:
     with socket.socket() as probe:
+        # As the gRPC servers do: connections of a just-stopped run in TIME_WAIT do not count.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError:

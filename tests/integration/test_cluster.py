@@ -102,6 +102,33 @@ def test_up_elects_every_group_and_status_agrees(make_cluster: ClusterFactory) -
         assert len(group["views"]) == 3
 
 
+def test_up_again_on_the_same_data_dir_keeps_every_record(make_cluster: ClusterFactory) -> None:
+    cluster, client = make_cluster(nodes=3, groups=2)
+    cluster.wait_for_leaders()
+    for group in range(2):
+        client.append(group, [b"g%d-r%d" % (group, i) for i in range(50)])
+    cluster.stop()
+    again = LocalCluster.create_or_load(
+        cluster.data_dir, nodes=3, groups=2, rf=3, discovery_replicas=1, base_port=0
+    )
+    assert again.spec == cluster.spec  # same identity and ports, from cluster.json
+    cluster.children.clear()
+    try:
+        again.start()
+        again.wait_for_leaders()
+        ids = [n.id for n in again.spec.nodes]
+        for group in range(2):
+
+            def same(group: int = group) -> dict[int, list[bytes]]:
+                return converged(client, group, ids)
+
+            logs = wait_for(same, 15.0, "the old records")
+            assert next(iter(logs.values())) == [b"g%d-r%d" % (group, i) for i in range(50)]
+        client.append(0, [b"after-restart"])
+    finally:
+        again.stop()
+
+
 def test_writes_survive_sigkill_of_the_leader_twenty_times(make_cluster: ClusterFactory) -> None:
     cluster, client = make_cluster(nodes=3, groups=2)
     cluster.wait_for_leaders()
@@ -218,6 +245,10 @@ def test_a_node_down_during_10000_writes_catches_up_after_restart(
     assert group.applied >= 10_000
     # It must have caught up by snapshot: the leader compacted its log meanwhile.
     assert group.snapshot_index > 0, group
+    # ... and from then on by the log.
+    client.append(0, [b"after-catch-up-%d" % i for i in range(10)])
+    logs = wait_for(lambda: converged(client, 0, ids), 15.0, "the log tail replicating")
+    assert logs[victim][-10:] == [b"after-catch-up-%d" % i for i in range(10)]
 
 
 def test_five_nodes_rf5_survive_two_kills_and_stop_on_the_third(
