@@ -365,6 +365,14 @@ class NodeHost:
         self._inbound += len(messages)
         self._wake.set()
 
+    def campaign(self, group: GroupId) -> None:
+        """Start an election for ``group`` now instead of after an election timeout (used for
+        a brand-new group, so the first leaders appear at once and spread over the nodes).
+        Safe at any time: it is what a timeout would do; pre-vote keeps it from disrupting a
+        healthy leader."""
+        self._hosted(group).replica.campaign()
+        self._wake.set()
+
     # ---- observation -------------------------------------------------------------------------
 
     def leader(self, group: GroupId) -> NodeId:

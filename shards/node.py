@@ -160,6 +160,11 @@ class ShardNode:
                     raise NodeStartError(f"data dir {opts.data_dir}: {exc}") from exc
                 hosted.append(placement.group)
                 self.machines[placement.group] = sm
+                fresh = host.group_status(placement.group).term == 0
+                if fresh and placement.replicas[0] == opts.node_id:
+                    # A new group: its first replica in ring order stands at once, so the first
+                    # elections take one round trip and leaders spread like the placement.
+                    host.campaign(placement.group)
         node_pb2_grpc.add_ShardLogServicer_to_server(ShardLogService(self), public)  # type: ignore[no-untyped-call]
         node_pb2_grpc.add_NodeAdminServicer_to_server(NodeAdminService(self), public)  # type: ignore[no-untyped-call]
         health_servicer = AioHealthServicer()

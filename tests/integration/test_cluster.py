@@ -79,10 +79,17 @@ def discovery_leader(cluster: LocalCluster) -> int:
 def test_up_elects_every_group_and_status_agrees(make_cluster: ClusterFactory) -> None:
     started = time.monotonic()
     cluster, _ = make_cluster(nodes=3, groups=8)
+    nodes_spawned = time.monotonic()  # discovery is up and bootstrapped; nodes just started
     cmap = cluster.wait_for_leaders(timeout=10.0)
-    elapsed = time.monotonic() - started
-    print(f"\nevery group had a leader {elapsed:.2f} s after up (process start included)")
+    done = time.monotonic()
+    print(
+        f"\nevery group had a leader {done - nodes_spawned:.2f} s after the node processes"
+        f" started ({done - started:.2f} s after up, discovery start-up included)"
+    )
     assert all(g.leader for g in cmap.groups)
+    # The target is 3 s (1.7-2.1 s measured on an idle 2-core machine); CI runs this next to
+    # the simulation on the same two cores, so the bound leaves room for that.
+    assert done - nodes_spawned < 5.0
     out = subprocess.run(
         [sys.executable, "-m", "cluster", "status", "--json", "--data-dir", str(cluster.data_dir)],
         capture_output=True,
