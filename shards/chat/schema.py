@@ -1,0 +1,257 @@
+"""The chat state's SQLite tables: schema, whole-database images (snapshots), row readers, the
+records the queries return, and a canonical dump.
+
+Everything a group holds lives in these tables (nothing in memory), so memory stays flat as
+history grows and a snapshot is a copy of one database.
+
+Tables (``WITHOUT ROWID`` where rows are small and always found by their key):
+
+- ``meta(applied_index)`` — one row; the last applied log index, written in the same
+  transaction as the effects of the entries up to it.
+- ``users(name PK, display_name, password_hash, created_ms)``
+- ``channels(name PK, creator, created_ms)``
+- ``members(channel, user, joined_ms)`` PK (channel, user), index (user, channel).
+- ``conversations(conversation PK, last_seq, hlc_ms, hlc_counter)`` — one row per channel (made
+  at creation) and per DM this group holds (made by its first message): the last seq given out
+  and the last stamp, which the next message's seq and stamp follow.
+- ``messages(conversation, seq, sender, text, hlc_ms, hlc_counter, idempotency_key)``
+  PK (conversation, seq). A rowid table: texts of up to 4 KiB are too large for ``WITHOUT ROWID``.
+- ``dedup(sender, conversation, key, seq, ord)`` PK (sender, conversation, key), index (sender,
+  ord); ``dedup_senders(sender PK, entered)`` — the idempotency window: ``ord`` is the log index
+  that wrote the key, ``entered`` how many keys the sender ever entered (it keeps the newest
+  ``min(entered, window)``; see ``ChatState``).
+- ``read_markers(user, conversation, seq)`` PK (user, conversation).
+- ``routes(user, session_id, gateway_node, ms)`` PK (user, session_id).
+- ``user_conversations(user, conversation, peer)`` PK (user, conversation) — the DMs a user is
+  in: written for both participants by a DM's first message in the DM's group, and by the
+  AddDmConversation follow-up in each participant's own group.
+- ``outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, user, conversation, peer)`` — follow-up writes
+  this group owes other groups (AddDmConversation), kept until acknowledged. AUTOINCREMENT so an
+  id is never reused and a late acknowledgement cannot remove a newer follow-up.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from typing import Final, NamedTuple
+
+from shards.chat.commands import Hlc
+
+_DDL: Final = (
+    "CREATE TABLE IF NOT EXISTS meta (applied_index INTEGER NOT NULL)",
+    "INSERT INTO meta(applied_index) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM meta)",
+    "CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, display_name TEXT NOT NULL,"
+    " password_hash TEXT NOT NULL, created_ms INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, creator TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS members (channel TEXT NOT NULL, user TEXT NOT NULL,"
+    " joined_ms INTEGER NOT NULL, PRIMARY KEY (channel, user)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS members_by_user ON members(user, channel)",
+    "CREATE TABLE IF NOT EXISTS conversations (conversation TEXT PRIMARY KEY,"
+    " last_seq INTEGER NOT NULL, hlc_ms INTEGER NOT NULL, hlc_counter INTEGER NOT NULL)"
+    " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS messages (conversation TEXT NOT NULL, seq INTEGER NOT NULL,"
+    " sender TEXT NOT NULL, text TEXT NOT NULL, hlc_ms INTEGER NOT NULL,"
+    " hlc_counter INTEGER NOT NULL, idempotency_key TEXT NOT NULL,"
+    " PRIMARY KEY (conversation, seq))",
+    "CREATE TABLE IF NOT EXISTS dedup (sender TEXT NOT NULL, conversation TEXT NOT NULL,"
+    " key TEXT NOT NULL, seq INTEGER NOT NULL, ord INTEGER NOT NULL,"
+    " PRIMARY KEY (sender, conversation, key)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS dedup_age ON dedup(sender, ord)",
+    "CREATE TABLE IF NOT EXISTS dedup_senders (sender TEXT PRIMARY KEY,"
+    " entered INTEGER NOT NULL)"
+    " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS read_markers (user TEXT NOT NULL, conversation TEXT NOT NULL,"
+    " seq INTEGER NOT NULL, PRIMARY KEY (user, conversation)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS routes (user TEXT NOT NULL, session_id TEXT NOT NULL,"
+    " gateway_node INTEGER NOT NULL, ms INTEGER NOT NULL, PRIMARY KEY (user, session_id))"
+    " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS user_conversations (user TEXT NOT NULL,"
+    " conversation TEXT NOT NULL, peer TEXT NOT NULL, PRIMARY KEY (user, conversation))"
+    " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " user TEXT NOT NULL, conversation TEXT NOT NULL, peer TEXT NOT NULL)",
+)
+
+DUMP_ORDER: Final[dict[str, str]] = {
+    "meta": "applied_index",
+    "users": "name",
+    "channels": "name",
+    "members": "channel, user",
+    "conversations": "conversation",
+    "messages": "conversation, seq",
+    "dedup": "sender, conversation, key",
+    "dedup_senders": "sender",
+    "read_markers": "user, conversation",
+    "routes": "user, session_id",
+    "user_conversations": "user, conversation",
+    "outbox": "id",
+    "sqlite_sequence": "name",
+}
+"""Every table of the state (with ``sqlite_sequence``, which holds the outbox's next id) and
+the key that orders its rows in :func:`canonical_dump`."""
+
+
+MESSAGE_COLUMNS: Final = "conversation, seq, sender, text, hlc_ms, hlc_counter, idempotency_key"
+_SQLITE_HEADER_WRITE_VERSION: Final = 18
+"""Bytes 18-19 of an SQLite file: 1 = rollback journal, 2 = WAL (see ``database_image``)."""
+
+
+def create_schema(conn: sqlite3.Connection) -> None:
+    """Create what is missing (idempotent: also run after a restore)."""
+    for statement in _DDL:
+        conn.execute(statement)
+
+
+def canonical_dump(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
+    """All rows of every table in key order: two replicas hold the same state exactly when their
+    dumps are equal (used by the determinism and snapshot tests)."""
+    present = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    return {
+        table: [tuple(row) for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}")]
+        for table, order in DUMP_ORDER.items()
+        if table in present
+    }
+
+
+def database_image(conn: sqlite3.Connection) -> bytes:
+    """The database of ``conn`` as one SQLite file image, copied with the backup API (a
+    consistent read while nothing else writes on this connection).
+
+    The copy's header still says WAL, and SQLite will not deserialize a WAL image into memory;
+    bytes 18-19 are set to rollback mode, which is all that tells the two formats apart."""
+    mem = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        conn.backup(mem)
+        image = bytearray(mem.serialize())
+    finally:
+        mem.close()
+    image[_SQLITE_HEADER_WRITE_VERSION : _SQLITE_HEADER_WRITE_VERSION + 2] = b"\x01\x01"
+    return bytes(image)
+
+
+def load_database_image(conn: sqlite3.Connection, image: bytes) -> None:
+    """Replace the whole database of ``conn`` by ``image`` (empty: a database with the empty
+    schema); the file stays in WAL mode."""
+    mem = sqlite3.connect(":memory:", isolation_level=None)
+    try:
+        if image:
+            mem.deserialize(image)
+        else:
+            create_schema(mem)
+        mem.backup(conn)
+    finally:
+        mem.close()
+    conn.execute("PRAGMA journal_mode=WAL")
+    create_schema(conn)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records returned by the queries of ``ChatState``.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    name: str
+    display_name: str
+    password_hash: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    name: str
+    creator: str
+    created_ms: int
+    member_count: int
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    conversation: str
+    seq: int
+    sender: str
+    text: str
+    hlc: Hlc
+    idempotency_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationRef:
+    """A conversation ``user`` is in, as this group knows it. ``peer`` is the other participant
+    of a DM (None for a channel). ``last_seq`` is None when the conversation lives in another
+    group (a DM this group only knows from an AddDmConversation follow-up)."""
+
+    conversation: str
+    peer: str | None
+    last_seq: int | None
+    read_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    user: str
+    session_id: str
+    gateway_node: int
+    ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """An outbox entry: propose ``AddDmConversation(user, conversation, peer)`` to ``user``'s
+    group, then ``AckFollowUp(id)`` here. Safe to repeat: both commands are idempotent."""
+
+    id: int
+    user: str
+    conversation: str
+    peer: str
+
+
+class HistoryPage(NamedTuple):
+    """A page of one conversation in ascending seq order; unpacks as ``(messages,
+    reached_oldest, reached_newest)``. ``reached_oldest``: nothing before the page (seq 1 is in
+    it or the conversation is empty); ``reached_newest``: nothing after it."""
+
+    messages: list[Message]
+    reached_oldest: bool
+    reached_newest: bool
+
+
+class SyncPage(NamedTuple):
+    """Messages after the given cursors, grouped by conversation (sorted) and ascending seq.
+    ``cursors``: the cursor to ask from next, per conversation asked about that exists here.
+    ``limited``: more messages remain after ``cursors``."""
+
+    messages: list[Message]
+    cursors: dict[str, int]
+    limited: bool
+
+
+def read_messages(conn: sqlite3.Connection, conversation: str, lo: int, hi: int) -> list[Message]:
+    """Messages ``lo..hi`` of ``conversation`` in seq order (one range scan of the key)."""
+    if lo > hi:
+        return []
+    rows = conn.execute(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages"
+        " WHERE conversation = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+        (conversation, lo, hi),
+    )
+    return [Message(c, s, snd, txt, Hlc(hm, hc), key) for c, s, snd, txt, hm, hc, key in rows]
+
+
+def read_channels(
+    conn: sqlite3.Connection, where: str, params: tuple[object, ...]
+) -> list[ChannelInfo]:
+    """Channels (filtered by ``where`` on alias ``c``) by name, with member count and last seq."""
+    rows = conn.execute(
+        "SELECT c.name, c.creator, c.created_ms,"
+        " (SELECT COUNT(*) FROM members m WHERE m.channel = c.name),"
+        " COALESCE(v.last_seq, 0)"
+        f" FROM channels c LEFT JOIN conversations v ON v.conversation = c.name {where}"
+        " ORDER BY c.name",
+        params,
+    )
+    return [ChannelInfo(*row) for row in rows]

@@ -1,0 +1,586 @@
+"""The replicated chat state of one Raft group: commands applied into SQLite, and its queries.
+
+``ChatState`` implements ``cluster.statemachine.GroupStateMachine``. Like ``LogStateMachine`` it
+keeps everything in one SQLite database in WAL mode with ``synchronous=NORMAL`` (each applied
+batch is one atomic transaction that also writes ``applied_index``; the Raft log, fsynced, is the
+durable source and re-applies whatever a power loss took), skips entries at or below
+``applied_index``, and snapshots with the backup API. Apply is deterministic: it reads no clock
+and no randomness, only the entries and the database.
+
+The rules applied (every one yields the same result on every replica):
+
+- **Sequence numbers.** Each conversation's messages are numbered 1, 2, 3 … with no gap: the
+  next seq is ``conversations.last_seq + 1``, in the same transaction as the insert.
+- **Stamps.** The stored HLC stamp is ``max(given, previous stamp of the conversation + 1
+  tick)``, a tick being ``(ms, counter + 1)``; the first message keeps the given stamp. So
+  stamps rise strictly along seq, even when a new leader's clock is behind the old one's.
+- **Exactly once.** A PostMessage whose (sender, conversation, idempotency_key) is in the dedup
+  window answers the original seq and stamp with ``duplicate=True`` and writes nothing, even if
+  the sender has since left the channel (the message was accepted then). The window is
+  count-based and per sender: each sender's newest ``dedup_window`` keys (default 10,000,
+  across the conversations of this group) are kept; the oldest is evicted when a new one comes.
+  Count, not age, because it bounds the table by senders and needs no clock; a client retries
+  only its in-flight sends, far fewer than 10,000. The window size is part of the replicated
+  rules: every replica of a group must use the same value.
+- **Membership.** Posting to a channel needs membership (PERMISSION_DENIED otherwise), posting
+  to a DM being one of its two participants. Joining twice and leaving twice are no-ops.
+- **Read markers** move forward only; ``unread = last_seq - read_seq``. Marking beyond the last
+  message is FAILED_PRECONDITION.
+- **Exact replays** of RegisterUser/CreateChannel (same fields, times included: a proposal the
+  gateway retried) answer ``duplicate=True``; any other clash is ALREADY_EXISTS.
+- **Follow-ups.** A DM's first message lists the DM for both participants here and puts one
+  outbox entry per participant, which the service turns into AddDmConversation in the
+  participant's group and then acknowledges with AckFollowUp (both idempotent).
+
+Queries are plain read-only methods on the same connection; the caller (the service) checks who
+may read what (DM history only for its participants) and enforces request limits.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from cluster.messages import Entry, EntryKind, Snapshot
+from shards.chat.commands import (
+    AckFollowUp,
+    AddDmConversation,
+    ChannelCreated,
+    Code,
+    Command,
+    CreateChannel,
+    DmAdded,
+    DropRoute,
+    FollowUpAcked,
+    Hlc,
+    JoinChannel,
+    Joined,
+    LeaveChannel,
+    Left,
+    MalformedCommand,
+    MarkRead,
+    Posted,
+    PostMessage,
+    ReadMarked,
+    RegisterUser,
+    Rejected,
+    Result,
+    RouteDropped,
+    RouteSet,
+    SetRoute,
+    UserRegistered,
+    decode_command,
+    parse_dm,
+    validate,
+)
+from shards.chat.schema import (
+    MESSAGE_COLUMNS,
+    ChannelInfo,
+    ConversationRef,
+    FollowUp,
+    HistoryPage,
+    Message,
+    Route,
+    SyncPage,
+    UserRecord,
+    canonical_dump,
+    create_schema,
+    database_image,
+    load_database_image,
+    read_channels,
+    read_messages,
+)
+
+DEDUP_WINDOW: Final = 10_000
+"""Idempotency keys kept per sender (see the module docstring)."""
+MAX_PAGE: Final = 500
+"""Most messages one history or sync query returns; larger limits are clamped."""
+
+
+class ChatState:
+    """One group's chat state in the SQLite database at ``path`` (created if missing)."""
+
+    def __init__(self, path: str | Path, *, dedup_window: int = DEDUP_WINDOW) -> None:
+        if dedup_window < 1:
+            raise ValueError("dedup_window must be at least 1")
+        self._dedup_window = dedup_window
+        self._conn = sqlite3.connect(Path(path), isolation_level=None, check_same_thread=True)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        create_schema(self._conn)
+        self._applied = self._load_applied()
+        self.restores = 0
+        """How many snapshots were restored into this state (for tests and status)."""
+
+    # ---- GroupStateMachine -------------------------------------------------------------------
+
+    def applied_index(self) -> int:
+        return self._applied
+
+    def apply(self, entries: Sequence[Entry]) -> list[object | None]:
+        """One result per entry: None for a NOOP entry or one already applied (a replay after a
+        crash is never applied twice), else a :data:`Result`. All entries commit together."""
+        results: list[object | None] = []
+        if not entries:
+            return results
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for entry in entries:
+                if entry.index <= self._applied or entry.kind is EntryKind.NOOP:
+                    results.append(None)
+                else:
+                    results.append(self._apply_one(entry))
+            applied = max(self._applied, entries[-1].index)
+            conn.execute("UPDATE meta SET applied_index = ?", (applied,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._applied = applied
+        return results
+
+    def snapshot(self) -> bytes:
+        """The database as one SQLite image, copied with the backup API (a consistent read)."""
+        return database_image(self._conn)
+
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the whole state by ``snapshot.data`` (empty data: the state before any
+        entry); afterwards ``applied_index()`` is ``snapshot.meta.index``."""
+        load_database_image(self._conn, snapshot.data)
+        self._conn.execute("UPDATE meta SET applied_index = ?", (snapshot.meta.index,))
+        self._applied = self._load_applied()
+        self.restores += 1
+
+    def close(self) -> None:
+        """Close the database (the creator of a state machine closes it, not the host)."""
+        self._conn.close()
+
+    # ---- applying one command ----------------------------------------------------------------
+
+    def _apply_one(self, entry: Entry) -> Result:
+        try:
+            cmd = decode_command(entry.data)
+        except MalformedCommand as exc:
+            return Rejected(Code.INVALID_ARGUMENT, "command", str(exc))
+        return self._execute(cmd, entry.index)
+
+    def _execute(self, cmd: Command, index: int) -> Result:
+        """Apply ``cmd`` as the entry at log ``index`` (inside ``apply``'s transaction)."""
+        bad = validate(cmd)
+        if bad is not None:
+            return bad
+        match cmd:
+            case RegisterUser():
+                return self._register(cmd)
+            case CreateChannel():
+                return self._create_channel(cmd)
+            case JoinChannel():
+                return self._join(cmd)
+            case LeaveChannel():
+                return self._leave(cmd)
+            case PostMessage():
+                return self._post(cmd, index)
+            case MarkRead():
+                return self._mark_read(cmd)
+            case SetRoute():
+                return self._set_route(cmd)
+            case DropRoute():
+                return self._drop_route(cmd)
+            case AddDmConversation():
+                return self._add_dm(cmd)
+            case AckFollowUp():
+                existed = self._write("DELETE FROM outbox WHERE id = ?", (cmd.outbox_id,))
+                return FollowUpAcked(cmd.outbox_id, existed)
+
+    def _register(self, cmd: RegisterUser) -> Result:
+        row = self._one(
+            "SELECT display_name, password_hash, created_ms FROM users WHERE name = ?", (cmd.user,)
+        )
+        if row is not None:
+            if tuple(row) == (cmd.display_name, cmd.password_hash, cmd.created_ms):
+                return UserRegistered(cmd.user, duplicate=True)
+            return Rejected(Code.ALREADY_EXISTS, "user", f"user {cmd.user!r} already exists")
+        self._conn.execute(
+            "INSERT INTO users(name, display_name, password_hash, created_ms) VALUES (?, ?, ?, ?)",
+            (cmd.user, cmd.display_name, cmd.password_hash, cmd.created_ms),
+        )
+        return UserRegistered(cmd.user, duplicate=False)
+
+    def _create_channel(self, cmd: CreateChannel) -> Result:
+        row = self._one("SELECT creator, created_ms FROM channels WHERE name = ?", (cmd.channel,))
+        if row is not None:
+            if tuple(row) == (cmd.creator, cmd.created_ms):
+                return ChannelCreated(cmd.channel, duplicate=True)
+            return Rejected(
+                Code.ALREADY_EXISTS, "channel", f"channel {cmd.channel!r} already exists"
+            )
+        conn = self._conn
+        conn.execute(
+            "INSERT INTO channels(name, creator, created_ms) VALUES (?, ?, ?)",
+            (cmd.channel, cmd.creator, cmd.created_ms),
+        )
+        conn.execute(
+            "INSERT INTO conversations(conversation, last_seq, hlc_ms, hlc_counter)"
+            " VALUES (?, 0, 0, 0)",
+            (cmd.channel,),
+        )
+        conn.execute(
+            "INSERT INTO members(channel, user, joined_ms) VALUES (?, ?, ?)",
+            (cmd.channel, cmd.creator, cmd.created_ms),
+        )
+        return ChannelCreated(cmd.channel, duplicate=False)
+
+    def _join(self, cmd: JoinChannel) -> Result:
+        if not self._channel_exists(cmd.channel):
+            return _no_channel("channel", cmd.channel)
+        added = self._write(
+            "INSERT OR IGNORE INTO members(channel, user, joined_ms) VALUES (?, ?, ?)",
+            (cmd.channel, cmd.user, cmd.ms),
+        )
+        return Joined(cmd.channel, cmd.user, already_member=not added)
+
+    def _leave(self, cmd: LeaveChannel) -> Result:
+        if not self._channel_exists(cmd.channel):
+            return _no_channel("channel", cmd.channel)
+        removed = self._write(
+            "DELETE FROM members WHERE channel = ? AND user = ?", (cmd.channel, cmd.user)
+        )
+        return Left(cmd.channel, cmd.user, was_member=removed)
+
+    def _post(self, cmd: PostMessage, index: int) -> Result:
+        # Sends are most of the log, so this path is written for few statements: one read
+        # for existence, membership, dedup and the conversation's last seq and stamp (a channel
+        # always has its conversations row; a DM has one from its first message), then four
+        # writes, plus one eviction once the sender's window is full.
+        conn = self._conn
+        conv = cmd.conversation
+        last_seq, last_ms, last_counter, member, dup_seq = conn.execute(
+            "SELECT c.last_seq, c.hlc_ms, c.hlc_counter,"
+            " EXISTS (SELECT 1 FROM members WHERE channel = ?1 AND user = ?2),"
+            " (SELECT seq FROM dedup WHERE sender = ?2 AND conversation = ?1 AND key = ?3)"
+            " FROM (SELECT 1) LEFT JOIN conversations c ON c.conversation = ?1",
+            (conv, cmd.sender, cmd.idempotency_key),
+        ).fetchone()
+        pair = parse_dm(conv)
+        if pair is None and last_seq is None:
+            return _no_channel("conversation", conv)
+        if dup_seq is not None:
+            (ms, counter) = conn.execute(
+                "SELECT hlc_ms, hlc_counter FROM messages WHERE conversation = ? AND seq = ?",
+                (conv, dup_seq),
+            ).fetchone()
+            return Posted(conv, dup_seq, Hlc(ms, counter), duplicate=True)
+        if not (cmd.sender in pair if pair is not None else member):
+            return _not_in(cmd.sender, conv, pair is None, "sender")
+        given = Hlc(cmd.hlc_ms, cmd.hlc_counter)
+        if not last_seq:
+            seq, hlc = 1, given
+        else:
+            seq, hlc = last_seq + 1, max(given, Hlc(last_ms, last_counter).tick())
+        conn.execute(
+            f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (conv, seq, cmd.sender, cmd.text, hlc.ms, hlc.counter, cmd.idempotency_key),
+        )
+        if last_seq is None:
+            conn.execute(
+                "INSERT INTO conversations(conversation, last_seq, hlc_ms, hlc_counter)"
+                " VALUES (?, ?, ?, ?)",
+                (conv, seq, hlc.ms, hlc.counter),
+            )
+        else:
+            conn.execute(
+                "UPDATE conversations SET last_seq = ?, hlc_ms = ?, hlc_counter = ?"
+                " WHERE conversation = ?",
+                (seq, hlc.ms, hlc.counter, conv),
+            )
+        self._remember_key(cmd, seq, index)
+        follow_ups: tuple[int, ...] = ()
+        if pair is not None and last_seq is None:
+            follow_ups = self._open_dm(conv, pair)
+        return Posted(conv, seq, hlc, duplicate=False, follow_ups=follow_ups)
+
+    def _remember_key(self, cmd: PostMessage, seq: int, index: int) -> None:
+        """Enter the key into the sender's window. ``ord`` is the log index: unique and
+        increasing on every replica. ``entered`` counts the sender's keys ever entered; once it
+        passes the window, each new key evicts exactly the oldest, so the sender keeps
+        ``min(entered, window)`` keys: exactly the newest ``window``."""
+        conn = self._conn
+        conn.execute(
+            "INSERT INTO dedup(sender, conversation, key, seq, ord) VALUES (?, ?, ?, ?, ?)",
+            (cmd.sender, cmd.conversation, cmd.idempotency_key, seq, index),
+        )
+        (entered,) = conn.execute(
+            "INSERT INTO dedup_senders(sender, entered) VALUES (?, 1) ON CONFLICT(sender)"
+            " DO UPDATE SET entered = entered + 1 RETURNING entered",
+            (cmd.sender,),
+        ).fetchone()
+        if entered > self._dedup_window:
+            conn.execute(
+                "DELETE FROM dedup WHERE sender = ?1 AND ord ="
+                " (SELECT MIN(ord) FROM dedup WHERE sender = ?1)",
+                (cmd.sender,),
+            )
+
+    def _open_dm(self, conv: str, pair: tuple[str, str]) -> tuple[int, ...]:
+        """A DM's first message: list it for both participants and owe each a follow-up."""
+        ids = []
+        for user, peer in (pair, pair[::-1]):
+            self._conn.execute(
+                "INSERT OR IGNORE INTO user_conversations(user, conversation, peer)"
+                " VALUES (?, ?, ?)",
+                (user, conv, peer),
+            )
+            cur = self._conn.execute(
+                "INSERT INTO outbox(user, conversation, peer) VALUES (?, ?, ?)", (user, conv, peer)
+            )
+            assert cur.lastrowid is not None
+            ids.append(cur.lastrowid)
+        return tuple(ids)
+
+    def _mark_read(self, cmd: MarkRead) -> Result:
+        conv = cmd.conversation
+        pair = parse_dm(conv)
+        if pair is None and not self._channel_exists(conv):
+            return _no_channel("conversation", conv)
+        denied = self._may_write(cmd.user, conv, pair, "user")
+        if denied is not None:
+            return denied
+        last = self._last_seq(conv)
+        if cmd.seq > last:
+            return Rejected(
+                Code.FAILED_PRECONDITION, "seq", f"seq {cmd.seq} is beyond the last message {last}"
+            )
+        current = self._read_seq(cmd.user, conv)
+        if cmd.seq > current:
+            self._conn.execute(
+                "INSERT INTO read_markers(user, conversation, seq) VALUES (?, ?, ?)"
+                " ON CONFLICT(user, conversation) DO UPDATE SET seq = excluded.seq",
+                (cmd.user, conv, cmd.seq),
+            )
+            current = cmd.seq
+        return ReadMarked(cmd.user, conv, current, last - current)
+
+    def _set_route(self, cmd: SetRoute) -> Result:
+        row = self._one(
+            "SELECT gateway_node FROM routes WHERE user = ? AND session_id = ?",
+            (cmd.user, cmd.session_id),
+        )
+        self._conn.execute(
+            "INSERT INTO routes(user, session_id, gateway_node, ms) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT(user, session_id) DO UPDATE SET"
+            " gateway_node = excluded.gateway_node, ms = excluded.ms",
+            (cmd.user, cmd.session_id, cmd.gateway_node, cmd.ms),
+        )
+        return RouteSet(cmd.user, cmd.session_id, cmd.gateway_node, 0 if row is None else row[0])
+
+    def _drop_route(self, cmd: DropRoute) -> Result:
+        sql = "DELETE FROM routes WHERE user = ? AND session_id = ?"
+        params: tuple[object, ...] = (cmd.user, cmd.session_id)
+        if cmd.gateway_node:
+            sql += " AND gateway_node = ?"
+            params = (*params, cmd.gateway_node)
+        return RouteDropped(cmd.user, cmd.session_id, dropped=self._write(sql, params))
+
+    def _add_dm(self, cmd: AddDmConversation) -> Result:
+        added = self._write(
+            "INSERT OR IGNORE INTO user_conversations(user, conversation, peer) VALUES (?, ?, ?)",
+            (cmd.user, cmd.conversation, cmd.peer),
+        )
+        return DmAdded(cmd.user, cmd.conversation, added)
+
+    def _may_write(
+        self, user: str, conv: str, pair: tuple[str, str] | None, field: str
+    ) -> Rejected | None:
+        """PERMISSION_DENIED unless ``user`` is a member of channel ``conv`` / in DM ``pair``."""
+        if user in pair if pair is not None else self._is_member(conv, user):
+            return None
+        return _not_in(user, conv, pair is None, field)
+
+    # ---- queries -----------------------------------------------------------------------------
+
+    def user(self, name: str) -> UserRecord | None:
+        row = self._one(
+            "SELECT name, display_name, password_hash, created_ms FROM users WHERE name = ?",
+            (name,),
+        )
+        return None if row is None else UserRecord(*row)
+
+    def channel(self, name: str) -> ChannelInfo | None:
+        found = self._channels("WHERE c.name = ?", (name,))
+        return found[0] if found else None
+
+    def channels(self) -> list[ChannelInfo]:
+        """Every channel of this group, by name, with its member count."""
+        return self._channels("", ())
+
+    def members(self, channel: str) -> list[str] | None:
+        """The members of ``channel`` by name; None if there is no such channel."""
+        if not self._channel_exists(channel):
+            return None
+        rows = self._conn.execute(
+            "SELECT user FROM members WHERE channel = ? ORDER BY user", (channel,)
+        )
+        return [str(row[0]) for row in rows]
+
+    def is_member(self, channel: str, user: str) -> bool:
+        return self._is_member(channel, user)
+
+    def is_participant(self, user: str, conversation: str) -> bool:
+        """Whether ``user`` may post to ``conversation``: a member of the channel, or one of
+        the two users of the DM (the service's check before it serves DM history)."""
+        pair = parse_dm(conversation)
+        return user in pair if pair is not None else self._is_member(conversation, user)
+
+    def last_seq(self, conversation: str) -> int:
+        """The seq of the conversation's newest message (0: none, or not held here)."""
+        return self._last_seq(conversation)
+
+    def conversations_of(self, user: str) -> list[ConversationRef]:
+        """The channels of this group ``user`` is a member of and the DMs this group lists for
+        them, by conversation id."""
+        rows = self._conn.execute(
+            "SELECT u.conversation, u.peer, c.last_seq, COALESCE(r.seq, 0) FROM"
+            " (SELECT channel AS conversation, NULL AS peer FROM members WHERE user = ?1"
+            "  UNION ALL SELECT conversation, peer FROM user_conversations WHERE user = ?1) u"
+            " LEFT JOIN conversations c ON c.conversation = u.conversation"
+            " LEFT JOIN read_markers r ON r.user = ?1 AND r.conversation = u.conversation"
+            " ORDER BY u.conversation",
+            (user,),
+        )
+        return [ConversationRef(*row) for row in rows]
+
+    def unread(self, user: str, conversation: str) -> int:
+        """``last_seq - read_seq`` of ``user`` in ``conversation`` (as held by this group)."""
+        return max(0, self._last_seq(conversation) - self._read_seq(user, conversation))
+
+    def unread_counts(self, user: str) -> dict[str, int]:
+        """Unread messages per conversation held here that ``user`` is in (zeros included)."""
+        return {
+            ref.conversation: ref.last_seq - ref.read_seq
+            for ref in self.conversations_of(user)
+            if ref.last_seq is not None
+        }
+
+    def history(
+        self,
+        conversation: str,
+        *,
+        before: int | None = None,
+        after: int | None = None,
+        around: int | None = None,
+        limit: int = 50,
+    ) -> HistoryPage:
+        """One page of ``conversation``, ascending: the newest ``limit`` messages, or those just
+        before seq ``before``, just after seq ``after``, or centred on seq ``around`` (at most
+        one of the three). ``limit`` is clamped to 1..500. Seqs are dense (1..last), so the page
+        is a seq range computed first and read with one range scan."""
+        if sum(x is not None for x in (before, after, around)) > 1:
+            raise ValueError("give at most one of before, after, around")
+        limit = min(max(limit, 1), MAX_PAGE)
+        last = self._last_seq(conversation)
+        if before is not None:
+            hi = min(before - 1, last)
+            lo = max(1, hi - limit + 1)
+        elif after is not None:
+            lo = max(after + 1, 1)
+            hi = min(last, lo + limit - 1)
+        elif around is not None:
+            centre = min(max(around, 1), max(last, 1))
+            hi = min(last, max(centre - (limit - 1) // 2, 1) + limit - 1)
+            lo = max(1, hi - limit + 1)
+        else:
+            hi, lo = last, max(1, last - limit + 1)
+        return HistoryPage(self._range(conversation, lo, hi), lo <= 1, hi >= last)
+
+    def since(self, cursors: Mapping[str, int], limit: int = MAX_PAGE) -> SyncPage:
+        """Messages after ``cursors[conversation]`` (the last seq the client has) for every
+        conversation named, in conversation order, at most ``limit`` (clamped to 1..500) in all.
+        Conversations not held here are left out of the answer's cursors."""
+        budget = min(max(limit, 1), MAX_PAGE)
+        messages: list[Message] = []
+        next_cursors: dict[str, int] = {}
+        limited = False
+        for conv in sorted(cursors):
+            row = self._one("SELECT last_seq FROM conversations WHERE conversation = ?", (conv,))
+            if row is None:
+                continue
+            last, cursor = int(row[0]), max(cursors[conv], 0)
+            hi = min(last, cursor + budget)
+            page = self._range(conv, cursor + 1, hi)
+            messages.extend(page)
+            budget -= len(page)
+            next_cursors[conv] = max(cursor, hi)
+            if hi < last:
+                limited = True
+        return SyncPage(messages, next_cursors, limited)
+
+    def routes(self, user: str) -> list[Route]:
+        """Where ``user``'s sessions are served, by session id."""
+        rows = self._conn.execute(
+            "SELECT user, session_id, gateway_node, ms FROM routes WHERE user = ?"
+            " ORDER BY session_id",
+            (user,),
+        )
+        return [Route(*row) for row in rows]
+
+    def outbox(self, limit: int = 100) -> list[FollowUp]:
+        """The oldest follow-ups this group still owes other groups."""
+        rows = self._conn.execute(
+            "SELECT id, user, conversation, peer FROM outbox ORDER BY id LIMIT ?", (limit,)
+        )
+        return [FollowUp(*row) for row in rows]
+
+    def dump(self) -> dict[str, list[tuple[object, ...]]]:
+        """Every row of every table in key order (see ``schema.canonical_dump``)."""
+        return canonical_dump(self._conn)
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _one(self, sql: str, params: tuple[object, ...]) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._conn.execute(sql, params).fetchone()
+        return row
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> bool:
+        """Run a write; whether it changed a row."""
+        return self._conn.execute(sql, params).rowcount > 0
+
+    def _load_applied(self) -> int:
+        (applied,) = self._conn.execute("SELECT applied_index FROM meta").fetchone()
+        return int(applied)
+
+    def _channel_exists(self, name: str) -> bool:
+        return self._one("SELECT 1 FROM channels WHERE name = ?", (name,)) is not None
+
+    def _is_member(self, channel: str, user: str) -> bool:
+        sql = "SELECT 1 FROM members WHERE channel = ? AND user = ?"
+        return self._one(sql, (channel, user)) is not None
+
+    def _last_seq(self, conversation: str) -> int:
+        row = self._one(
+            "SELECT last_seq FROM conversations WHERE conversation = ?", (conversation,)
+        )
+        return 0 if row is None else int(row[0])
+
+    def _read_seq(self, user: str, conversation: str) -> int:
+        row = self._one(
+            "SELECT seq FROM read_markers WHERE user = ? AND conversation = ?", (user, conversation)
+        )
+        return 0 if row is None else int(row[0])
+
+    def _range(self, conversation: str, lo: int, hi: int) -> list[Message]:
+        return read_messages(self._conn, conversation, lo, hi)
+
+    def _channels(self, where: str, params: tuple[object, ...]) -> list[ChannelInfo]:
+        return read_channels(self._conn, where, params)
+
+
+def _not_in(user: str, conv: str, channel: bool, field: str) -> Rejected:
+    where = f"a member of channel {conv!r}" if channel else f"a participant of {conv!r}"
+    return Rejected(Code.PERMISSION_DENIED, field, f"{user!r} is not {where}")
+
+
+def _no_channel(field: str, name: str) -> Rejected:
+    return Rejected(Code.NOT_FOUND, field, f"no channel {name!r}")
