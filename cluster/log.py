@@ -136,6 +136,9 @@ class RaftLog:
             raise ValueError(f"snapshot term {meta.term} != log term {term} at {meta.index}")
         del self._entries[: meta.index - self._offset]
         self._offset, self._offset_term = meta.index, meta.term
+        # Entries not yet handed out for persisting may be covered by the snapshot now (a
+        # step() between ready() and advance()); what remains unstable starts after it.
+        self._unstable = max(self._unstable, meta.index + 1)
         self.snapshot = snapshot
 
     # ---- ready / advance bookkeeping -----------------------------------------------------

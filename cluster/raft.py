@@ -109,10 +109,13 @@ class Replica:
         self._progress: dict[NodeId, Progress] = {}
         self._uncommitted_bytes = 0
         self._transferee = NO_NODE
+        self._transfer_elapsed = 0
         self._reads = ReadOnlyQueue()
         self._reads_before_commit: list[tuple[bytes, NodeId]] = []
         self._round = 0  # heartbeat rounds sent in this term as leader
         self._commit_to_broadcast = False
+        self._read_round_pending = False
+        self._transfer_elapsed = 0
         # Follower state.
         self._incoming = SnapshotReceiver()
         self._reset_timeout()
@@ -244,7 +247,7 @@ class Replica:
         if to == self.id or to == self._transferee:
             return
         self._transferee = to
-        self._election_elapsed = 0  # the transfer must finish within one election timeout
+        self._transfer_elapsed = 0  # the transfer must finish within one election timeout
         if self._progress[to].match == self._log.last_index:
             self._send(TimeoutNow(**self._hdr(to)))
         else:
@@ -306,6 +309,7 @@ class Replica:
     def has_ready(self) -> bool:
         return bool(
             self._commit_to_broadcast
+            or self._read_round_pending
             or self._msgs
             or self._read_states
             or self._dropped_reads
@@ -323,6 +327,8 @@ class Replica:
         self._ready_outstanding = True
         if self._commit_to_broadcast:
             self._broadcast_commit()
+        if self._read_round_pending:
+            self._broadcast_heartbeat()
         hs = self._hard_state()
         ss = self._soft_state()
         entries = tuple(self._log.unstable_entries())
@@ -392,6 +398,7 @@ class Replica:
         self._reads_before_commit = []
         self._round = 0
         self._commit_to_broadcast = False
+        self._read_round_pending = False
         self._progress = {}
 
     def _reset_timeout(self) -> None:
@@ -492,9 +499,13 @@ class Replica:
 
     def _step_candidate(self, msg: Message) -> None:
         if isinstance(msg, VoteResponse):
-            if msg.pre_vote == (self.role is Role.PRE_CANDIDATE):
-                self._votes.setdefault(msg.sender, msg.granted)
-                self._tally_votes()
+            pre = self.role is Role.PRE_CANDIDATE
+            if msg.pre_vote != pre:
+                return
+            if pre and msg.granted and msg.term != self.term + 1:
+                return  # a grant from an earlier pre-vote round, for another term
+            self._votes.setdefault(msg.sender, msg.granted)
+            self._tally_votes()
         elif isinstance(msg, (AppendRequest, Heartbeat, SnapshotChunk)):
             # Someone won this term (same term: the higher-term case was handled in step()).
             self._become_follower(msg.term, msg.sender)
@@ -596,12 +607,16 @@ class Replica:
     def _tick_leader(self) -> None:
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
+        if self._transferee != NO_NODE:
+            # Its own clock: restarting a transfer must not postpone the check-quorum below.
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.config.election_ticks:
+                self._transferee = NO_NODE  # it did not finish in time: abandoned
         if self._election_elapsed >= self.config.election_ticks:
             self._election_elapsed = 0
             if self.config.check_quorum and not self._quorum_active():
                 self._become_follower(self.term, NO_NODE)
                 return
-            self._transferee = NO_NODE  # a transfer that did not finish in time is abandoned
         if self._heartbeat_elapsed >= self.config.heartbeat_ticks:
             self._heartbeat_elapsed = 0
             self._broadcast_heartbeat()
@@ -780,6 +795,7 @@ class Replica:
         )
 
     def _broadcast_heartbeat(self) -> None:
+        self._read_round_pending = False
         self._round += 1
         for node, pr in self._progress.items():
             if node != self.id:
@@ -801,8 +817,10 @@ class Replica:
         if len(self._voters) == 1:
             self._answer_read(context, self._log.committed, requester)
             return
+        # Every read that arrives before the next Ready waits for the same round: one
+        # heartbeat broadcast, sent when the Ready is built, confirms them all.
         self._reads.add(context, self._log.committed, requester, self._round + 1)
-        self._broadcast_heartbeat()
+        self._read_round_pending = True
 
     def _release_reads(self) -> None:
         rounds = [self._round if n == self.id else p.acked_round for n, p in self._progress.items()]

@@ -30,15 +30,21 @@ class ChunkResult:
 
 
 class SnapshotReceiver:
+    """A download belongs to one leader's term: two leaders' snapshots at the same index hold
+    the same state but need not be the same bytes, so chunks of two senders never mix."""
+
     def __init__(self) -> None:
         self._meta: SnapshotMeta | None = None
+        self._source: tuple[int, int] = (0, 0)  # (sender, term) of the download in progress
         self._total = 0
         self._buffer = bytearray()
 
     def accept(self, chunk: SnapshotChunk) -> ChunkResult:
-        same = self._meta == chunk.meta
+        source = (int(chunk.sender), chunk.term)
+        same = self._meta == chunk.meta and self._source == source
         if chunk.offset == 0 and not (same and self._buffer):
             self._meta, self._total, self._buffer = chunk.meta, chunk.total_size, bytearray()
+            self._source = source
             same = True
         if not same or chunk.offset != len(self._buffer):
             return ChunkResult(len(self._buffer) if same else 0)
@@ -46,7 +52,7 @@ class SnapshotReceiver:
         if not chunk.done:
             return ChunkResult(len(self._buffer))
         buffer, total = self._buffer, self._total
-        self._meta, self._total, self._buffer = None, 0, bytearray()
+        self._meta, self._source, self._total, self._buffer = None, (0, 0), 0, bytearray()
         if len(buffer) != total:
             return ChunkResult(0)  # the last chunk came but the sizes disagree: start over
         return ChunkResult(total, Snapshot(chunk.meta, bytes(buffer)))
