@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -359,15 +359,6 @@ def _tail(path: Path, lines: int = 15) -> str:
     return ""
 
 
-@contextlib.contextmanager
-def running(cluster: LocalCluster) -> Iterator[LocalCluster]:
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
-
-
 def run_up(
     *,
     data_dir: Path,
@@ -399,12 +390,8 @@ def run_up(
         f"cluster {spec.cluster_id}: {len(spec.discovery)} discovery + {len(spec.nodes)} nodes, "
         f"{spec.groups} groups x rf {spec.rf}, data in {data_dir.resolve()}"
     )
-    stopping = False
-
     def _stop(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        raise KeyboardInterrupt
+        raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C
 
     signal.signal(signal.SIGTERM, _stop)
     started = time.monotonic()
