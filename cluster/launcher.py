@@ -406,7 +406,6 @@ def run_up(
         print("\nstopping ...")
     except LaunchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        cluster.stop()
         return 1
     finally:
         cluster.stop()
