@@ -30,7 +30,11 @@ _KEY_BYTES: Final = 32
 _MAX_SCRYPT_MEMORY: Final = 64 * 1024 * 1024
 """A stored hash asking for more scrypt memory than this is refused (a tampered string must not
 make the server allocate gigabytes); ours needs 128 * n * r = 16 MiB."""
-_TOKEN_PATTERN: Final = re.compile(r"[A-Za-z0-9_-]{32,128}")
+_SECRET: Final = re.compile(r"[A-Za-z0-9_-]{32,128}")
+"""The random part of a token (43 URL-safe base64 characters as issued)."""
+_USER: Final = re.compile(r"[a-z0-9_-]{1,32}")
+TOKEN_SEPARATOR: Final = "."
+"""Between the user and the random part of a token; never in a name (``[a-z0-9_-]``)."""
 
 # ---------------------------------------------------------------------------------------------
 # Passwords and session tokens.
@@ -106,9 +110,11 @@ def _parse_hash(encoded: str) -> tuple[int, int, int, bytes, bytes] | None:
     return n, r, p, salt, key
 
 
-def new_session_token() -> str:
-    """A fresh bearer token: 256 random bits, URL-safe base64 (43 characters)."""
-    return secrets.token_urlsafe(32)
+def new_session_token(user: str) -> str:
+    """A fresh bearer token ``<user>.<random>``: 256 random bits (43 URL-safe base64 chars)
+    after the user's name, so any node can find the group that holds the session from the token
+    alone. Only its digest is stored, so the readable prefix gives nothing away."""
+    return f"{user}{TOKEN_SEPARATOR}{secrets.token_urlsafe(32)}"
 
 
 def token_digest(token: str) -> str:
@@ -116,10 +122,10 @@ def token_digest(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
-    """The token of the ``authorization: Bearer <token>`` metadata; UNAUTHENTICATED naming
-    ``authorization`` when it is missing, repeated or malformed. Whether the token is known is
-    the caller's check."""
+def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str, str]:
+    """``(user, token)`` of the ``authorization: Bearer <user>.<random>`` metadata;
+    UNAUTHENTICATED naming ``authorization`` when it is missing, repeated or malformed. Whether
+    the session is open is the caller's check."""
     values = [v for k, v in metadata or () if k.lower() == "authorization"]
     if len(values) != 1:
         problem = "missing" if not values else "given more than once"
@@ -127,11 +133,14 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> str:
     raw = values[0]
     value = raw.decode("ascii", "replace") if isinstance(raw, bytes) else raw
     scheme, _, token = value.partition(" ")
-    if scheme.lower() != "bearer" or not _TOKEN_PATTERN.fullmatch(token):
+    user, _, secret = token.partition(TOKEN_SEPARATOR)
+    if scheme.lower() != "bearer" or not _USER.fullmatch(user) or not _SECRET.fullmatch(secret):
         raise ApiError(
-            grpc.StatusCode.UNAUTHENTICATED, "authorization", "expected 'Bearer <token>'"
+            grpc.StatusCode.UNAUTHENTICATED,
+            "authorization",
+            "expected 'Bearer <token>' with a token from Login",
         )
-    return token
+    return user, token
 
 
 def login_failed() -> ApiError:

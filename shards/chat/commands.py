@@ -14,7 +14,7 @@ group that owns the channel or DM, so apply checks only their syntax.
 Encoding (format version 1), chosen to be compact, deterministic and cheap to decode::
 
     byte 0   FORMAT_VERSION (1)
-    byte 1   CommandKind (1..10)
+    byte 1   CommandKind (1..12)
     bytes 2… the command's fields in declaration order as a JSON array, UTF-8, no spaces
              (``ensure_ascii=False``), e.g. ``[\"general\",\"alice\",1700000000000]``
 
@@ -37,6 +37,8 @@ FORMAT_VERSION: Final = 1
 NAME_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,32}")
 """User and channel names (DESIGN.md section 5), matched with ``fullmatch``."""
 SESSION_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+TOKEN_DIGEST_PATTERN: Final = re.compile(r"[0-9a-f]{64}")
+"""A session token's SHA-256 as lowercase hex (``auth.token_digest``); the token never is stored."""
 IDEMPOTENCY_KEY_PATTERN: Final = re.compile(r"[\x21-\x7e]{1,64}")
 """1..64 printable ASCII characters without spaces (a UUID, a counter, a ULID …)."""
 MAX_TEXT_BYTES: Final = 4096
@@ -171,6 +173,26 @@ class AckFollowUp:
     outbox_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class OpenSession:
+    """Record a login: the session token whose SHA-256 is ``token_digest`` authenticates
+    ``user``. Proposed to the user's own group (where the user's record is), so apply can check
+    that the user exists. Replaying the identical command is a no-op (a retried proposal)."""
+
+    user: str
+    token_digest: str
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class CloseSession:
+    """Revoke a session (logout). Only ``user``'s own session is closed: the user part of a
+    token names the group, so a digest paired with another user changes nothing. Idempotent."""
+
+    user: str
+    token_digest: str
+
+
 Command = (
     RegisterUser
     | CreateChannel
@@ -182,6 +204,8 @@ Command = (
     | DropRoute
     | AddDmConversation
     | AckFollowUp
+    | OpenSession
+    | CloseSession
 )
 
 
@@ -198,6 +222,8 @@ class CommandKind(enum.IntEnum):
     DROP_ROUTE = 8
     ADD_DM_CONVERSATION = 9
     ACK_FOLLOW_UP = 10
+    OPEN_SESSION = 11
+    CLOSE_SESSION = 12
 
 
 _CLASSES: Final[dict[CommandKind, type[Command]]] = {
@@ -211,6 +237,8 @@ _CLASSES: Final[dict[CommandKind, type[Command]]] = {
     CommandKind.DROP_ROUTE: DropRoute,
     CommandKind.ADD_DM_CONVERSATION: AddDmConversation,
     CommandKind.ACK_FOLLOW_UP: AckFollowUp,
+    CommandKind.OPEN_SESSION: OpenSession,
+    CommandKind.CLOSE_SESSION: CloseSession,
 }
 _KINDS: Final[dict[type[Command], CommandKind]] = {cls: k for k, cls in _CLASSES.items()}
 _BY_BYTE: Final[dict[int, CommandKind]] = {int(k): k for k in CommandKind}
@@ -326,6 +354,20 @@ class FollowUpAcked:
     existed: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SessionOpened:
+    user: str
+    duplicate: bool
+    """The identical OpenSession was applied before (a retried proposal): nothing written."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionClosed:
+    user: str
+    closed: bool
+    """False when there was no such open session of ``user`` (a repeated logout)."""
+
+
 Result = (
     Rejected
     | UserRegistered
@@ -338,6 +380,8 @@ Result = (
     | RouteDropped
     | DmAdded
     | FollowUpAcked
+    | SessionOpened
+    | SessionClosed
 )
 
 
@@ -482,6 +526,20 @@ def validate(cmd: Command) -> Rejected | None:
             )
         case AckFollowUp():
             return _non_negative("outbox_id", cmd.outbox_id)
+        case OpenSession():
+            return _first(
+                _name("user", cmd.user),
+                _digest(cmd.token_digest),
+                _non_negative("created_ms", cmd.created_ms),
+            )
+        case CloseSession():
+            return _first(_name("user", cmd.user), _digest(cmd.token_digest))
+
+
+def _digest(value: str) -> Rejected | None:
+    if TOKEN_DIGEST_PATTERN.fullmatch(value):
+        return None
+    return _bad("token_digest", "must be a SHA-256 as 64 lowercase hex digits")
 
 
 def _text(text: str) -> Rejected | None:

@@ -25,6 +25,8 @@ Tables (``WITHOUT ROWID`` where rows are small and always found by their key):
 - ``user_conversations(user, conversation, peer)`` PK (user, conversation) — the DMs a user is
   in: written for both participants by a DM's first message in the DM's group, and by the
   AddDmConversation follow-up in each participant's own group.
+- ``sessions(token_digest PK, user, created_ms)`` — open login sessions, kept in the user's
+  group: the SHA-256 of each bearer token (never the token) and the user it authenticates.
 - ``outbox(id INTEGER PRIMARY KEY AUTOINCREMENT, user, conversation, peer)`` — follow-up writes
   this group owes other groups (AddDmConversation), kept until acknowledged. AUTOINCREMENT so an
   id is never reused and a late acknowledgement cannot remove a newer follow-up.
@@ -70,6 +72,8 @@ _DDL: Final = (
     "CREATE TABLE IF NOT EXISTS user_conversations (user TEXT NOT NULL,"
     " conversation TEXT NOT NULL, peer TEXT NOT NULL, PRIMARY KEY (user, conversation))"
     " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS sessions (token_digest TEXT PRIMARY KEY, user TEXT NOT NULL,"
+    " created_ms INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT,"
     " user TEXT NOT NULL, conversation TEXT NOT NULL, peer TEXT NOT NULL)",
 )
@@ -86,6 +90,7 @@ DUMP_ORDER: Final[dict[str, str]] = {
     "read_markers": "user, conversation",
     "routes": "user, session_id",
     "user_conversations": "user, conversation",
+    "sessions": "token_digest",
     "outbox": "id",
     "sqlite_sequence": "name",
 }

@@ -28,6 +28,9 @@ The rules applied (every one yields the same result on every replica):
   message is FAILED_PRECONDITION.
 - **Exact replays** of RegisterUser/CreateChannel (same fields, times included: a proposal the
   gateway retried) answer ``duplicate=True``; any other clash is ALREADY_EXISTS.
+- **Sessions** (in the user's group): OpenSession needs the user to exist here (NOT_FOUND
+  otherwise); an identical replay is ``duplicate=True``, a digest already held with other fields
+  ALREADY_EXISTS. CloseSession removes only that user's session and is idempotent.
 - **Follow-ups.** A DM's first message lists the DM for both participants here and puts one
   outbox entry per participant, which the service turns into AddDmConversation in the
   participant's group and then acknowledges with AckFollowUp (both idempotent).
@@ -48,6 +51,7 @@ from shards.chat.commands import (
     AckFollowUp,
     AddDmConversation,
     ChannelCreated,
+    CloseSession,
     Code,
     Command,
     CreateChannel,
@@ -61,6 +65,7 @@ from shards.chat.commands import (
     Left,
     MalformedCommand,
     MarkRead,
+    OpenSession,
     Posted,
     PostMessage,
     ReadMarked,
@@ -69,6 +74,8 @@ from shards.chat.commands import (
     Result,
     RouteDropped,
     RouteSet,
+    SessionClosed,
+    SessionOpened,
     SetRoute,
     UserRegistered,
     decode_command,
@@ -194,6 +201,14 @@ class ChatState:
             case AckFollowUp():
                 existed = self._write("DELETE FROM outbox WHERE id = ?", (cmd.outbox_id,))
                 return FollowUpAcked(cmd.outbox_id, existed)
+            case OpenSession():
+                return self._open_session(cmd)
+            case CloseSession():
+                closed = self._write(
+                    "DELETE FROM sessions WHERE token_digest = ? AND user = ?",
+                    (cmd.token_digest, cmd.user),
+                )
+                return SessionClosed(cmd.user, closed)
 
     def _register(self, cmd: RegisterUser) -> Result:
         row = self._one(
@@ -208,6 +223,22 @@ class ChatState:
             (cmd.user, cmd.display_name, cmd.password_hash, cmd.created_ms),
         )
         return UserRegistered(cmd.user, duplicate=False)
+
+    def _open_session(self, cmd: OpenSession) -> Result:
+        if self._one("SELECT 1 FROM users WHERE name = ?", (cmd.user,)) is None:
+            return Rejected(Code.NOT_FOUND, "user", f"no user {cmd.user!r}")
+        row = self._one(
+            "SELECT user, created_ms FROM sessions WHERE token_digest = ?", (cmd.token_digest,)
+        )
+        if row is not None:
+            if tuple(row) == (cmd.user, cmd.created_ms):
+                return SessionOpened(cmd.user, duplicate=True)
+            return Rejected(Code.ALREADY_EXISTS, "token_digest", "a session with this token exists")
+        self._conn.execute(
+            "INSERT INTO sessions(token_digest, user, created_ms) VALUES (?, ?, ?)",
+            (cmd.token_digest, cmd.user, cmd.created_ms),
+        )
+        return SessionOpened(cmd.user, duplicate=False)
 
     def _create_channel(self, cmd: CreateChannel) -> Result:
         row = self._one("SELECT creator, created_ms FROM channels WHERE name = ?", (cmd.channel,))
@@ -525,6 +556,12 @@ class ChatState:
             (user,),
         )
         return [Route(*row) for row in rows]
+
+    def session_user(self, token_digest: str) -> str | None:
+        """The user an open session authenticates, by its token's digest; None if there is no
+        such session here (never opened, closed, or held by another group)."""
+        row = self._one("SELECT user FROM sessions WHERE token_digest = ?", (token_digest,))
+        return None if row is None else str(row[0])
 
     def outbox(self, limit: int = 100) -> list[FollowUp]:
         """The oldest follow-ups this group still owes other groups."""

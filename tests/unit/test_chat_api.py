@@ -68,7 +68,7 @@ def _frame(first: bool = True, **kw: object) -> object:
 
 
 def _auth(value: str) -> object:
-    return auth.bearer_token([("authorization", value)])
+    return auth.bearer_token([("authorization", value)])[1]
 
 
 @dataclass(frozen=True)
@@ -139,7 +139,9 @@ BAD_INPUTS = [
     # authorization metadata
     Bad("no token", lambda: auth.bearer_token([("x-other", "1")]), UNAUTH, "authorization"),
     Bad("basic auth", lambda: _auth("Basic " + "a" * 43), UNAUTH, "authorization"),
-    Bad("short token", lambda: _auth("Bearer abc"), UNAUTH, "authorization"),
+    Bad("short token", lambda: _auth("Bearer me.abc"), UNAUTH, "authorization"),
+    Bad("token without a user", lambda: _auth("Bearer " + "a" * 43), UNAUTH, "authorization"),
+    Bad("token with a bad user", lambda: _auth("Bearer Me." + "a" * 43), UNAUTH, "authorization"),
     Bad("token with spaces", lambda: _auth("Bearer " + "a " * 30), UNAUTH, "authorization"),
 ]
 # fmt: on
@@ -367,12 +369,13 @@ def test_tampered_hash_strings_never_verify() -> None:
 
 
 def test_session_tokens_and_digests() -> None:
-    token = auth.new_session_token()
-    assert len(token) == 43 and token != auth.new_session_token()
+    token = auth.new_session_token("alice")
+    assert token.startswith("alice.") and len(token) == len("alice.") + 43
+    assert token != auth.new_session_token("alice")
     digest = auth.token_digest(token)
     assert len(digest) == 64 and token not in digest
-    assert auth.bearer_token([("authorization", f"Bearer {token}")]) == token
-    assert auth.bearer_token([("Authorization", f"bearer {token}".encode())]) == token
+    assert auth.bearer_token([("authorization", f"Bearer {token}")]) == ("alice", token)
+    assert auth.bearer_token([("Authorization", f"bearer {token}".encode())]) == ("alice", token)
     with pytest.raises(api.ApiError):
         auth.bearer_token([("authorization", f"Bearer {token}")] * 2)
     failed = auth.login_failed()

@@ -47,6 +47,7 @@ from shards.chat import (
     parse_dm,
     validate,
 )
+from shards.chat.commands import CloseSession, OpenSession, SessionClosed, SessionOpened
 
 DM = "dm:alice:bob"
 
@@ -116,6 +117,8 @@ ALL_COMMANDS: list[Command] = [
     DropRoute("alice", "s-1", 2),
     AddDmConversation("bob", DM, "alice"),
     AckFollowUp(17),
+    OpenSession("alice", "0123456789abcdef" * 4, 1_700_000_000_001),
+    CloseSession("alice", "0123456789abcdef" * 4),
 ]
 
 
@@ -277,6 +280,11 @@ def test_register_and_read_a_user(rep: Replica) -> None:
         (AddDmConversation("alice", DM, "alice"), "conversation"),
         (AddDmConversation("alice", "general", "bob"), "conversation"),
         (AckFollowUp(-1), "outbox_id"),
+        (OpenSession("a b", "a" * 64, 1), "user"),
+        (OpenSession("alice", "A" * 64, 1), "token_digest"),
+        (OpenSession("alice", "a" * 63, 1), "token_digest"),
+        (OpenSession("alice", "a" * 64, -1), "created_ms"),
+        (CloseSession("alice", "token"), "token_digest"),
     ],
 )
 def test_bad_fields_are_named_and_change_nothing(
@@ -554,6 +562,26 @@ def test_routes_move_atomically_and_drop_guarded(rep: Replica) -> None:
     assert rep.one(DropRoute("alice", "s2")) == RouteDropped("alice", "s2", True)
     assert rep.one(DropRoute("alice", "s2")) == RouteDropped("alice", "s2", False)
     assert rep.sm.routes("alice") == []
+
+
+# ---- sessions -----------------------------------------------------------------------------------
+
+
+def test_sessions_open_once_close_idempotently_and_only_for_their_user(rep: Replica) -> None:
+    digest, other = "a" * 64, "b" * 64
+    _rejected(rep.one(OpenSession("alice", digest, 5)), Code.NOT_FOUND, "user")
+    rep.one(RegisterUser("alice", "Alice", "h", 1))
+    rep.one(RegisterUser("bob", "Bob", "h", 1))
+    assert rep.one(OpenSession("alice", digest, 5)) == SessionOpened("alice", duplicate=False)
+    assert rep.one(OpenSession("alice", digest, 5)) == SessionOpened("alice", duplicate=True)
+    _rejected(rep.one(OpenSession("bob", digest, 6)), Code.ALREADY_EXISTS, "token_digest")
+    assert rep.sm.session_user(digest) == "alice"
+    assert rep.sm.session_user(other) is None
+    # A digest paired with another user (a forged token prefix) closes nothing.
+    assert rep.one(CloseSession("bob", digest)) == SessionClosed("bob", closed=False)
+    assert rep.one(CloseSession("alice", digest)) == SessionClosed("alice", closed=True)
+    assert rep.one(CloseSession("alice", digest)) == SessionClosed("alice", closed=False)
+    assert rep.sm.session_user(digest) is None
 
 
 # ---- history and sync ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from shards.chat import (
     SetRoute,
     encode_command,
 )
+from shards.chat.commands import CloseSession, OpenSession
 
 USERS = ["alice", "bob", "carol"]
 CHANNELS = ["general", "random"]
@@ -40,6 +41,7 @@ users = st.sampled_from(USERS)
 channels = st.sampled_from([*CHANNELS, "nope"])
 conversations = st.sampled_from(CONVERSATIONS)
 times = st.integers(0, 50)  # small, so the leader's clock often "goes back"
+digests = st.sampled_from(["a" * 64, "b" * 64, "not-a-digest"])
 
 posts: st.SearchStrategy[Command] = st.builds(
     PostMessage,
@@ -66,6 +68,8 @@ others: st.SearchStrategy[Command] = st.one_of(
     st.builds(DropRoute, users, st.sampled_from(["s1", "s2"]), st.integers(0, 3)),
     st.builds(AddDmConversation, users, st.sampled_from(DMS), users),
     st.builds(AckFollowUp, st.integers(0, 8)),
+    st.builds(OpenSession, users, digests, times),
+    st.builds(CloseSession, users, digests),
 )
 
 
