@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -225,6 +226,9 @@ class NodeHost:
         self._failure: BaseException | None = None
         self._syncing: asyncio.Future[None] | None = None
         self._read_seq = 0
+        # Read contexts must not repeat across restarts: a leader's late answer to a read of
+        # this node's previous life must not complete a new read with the same number.
+        self._read_prefix = os.urandom(8)
         # Counters.
         self._turns = 0
         self._rounds = 0
@@ -524,7 +528,7 @@ class NodeHost:
             if not waiting:
                 continue
             self._read_seq += 1
-            ctx = self._read_seq.to_bytes(8, "big")
+            ctx = self._read_prefix + self._read_seq.to_bytes(8, "big")
             g.reads[ctx] = waiting  # one ReadIndex round serves every read queued this turn
             g.replica.read_index(ctx)
         self._reading.clear()

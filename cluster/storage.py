@@ -498,6 +498,7 @@ class LogStore:
             self._syncs += 1
         self._fsyncs += old.fsyncs
         old.close()
+        self._active = None  # a failed start of the next segment must not leave a closed one
         return self._start_segment(old.seq + 1)
 
     def _start_segment(self, seq: int) -> wal.SegmentFile:

@@ -553,4 +553,8 @@ class SegmentFile:
         self.size = self._flushed = keep
 
     def close(self) -> None:
-        os.close(self._fd)
+        """Idempotent: a descriptor number is reused by the kernel at once, so closing it twice
+        could close some other file of the process."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            os.close(fd)

@@ -130,6 +130,8 @@ class ShardLogService(_Base, npb_grpc.ShardLogServicer):
                     grpc.StatusCode.UNAVAILABLE,
                     f"group {group} has no known leader ({exc}); retry or read with stale_ok",
                 )
+            except RaftError as exc:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, f"group {group}: {exc}")
             except TimeoutError:
                 await context.abort(
                     grpc.StatusCode.UNAVAILABLE,

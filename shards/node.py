@@ -116,6 +116,9 @@ class ShardNode:
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._leaders_changed = asyncio.Event()
+        self.failed = asyncio.Event()
+        """Set when the host stopped on an error (e.g. a failed fsync): the node must not go
+        on looking healthy, so ``serve`` exits non-zero and a supervisor restarts it."""
         self.machines: dict[GroupId, LogStateMachine] = {}
 
     async def start(self) -> None:
@@ -200,6 +203,10 @@ class ShardNode:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._leaders_changed.wait(), HEARTBEAT_SECONDS)
             self._leaders_changed.clear()
+            if not self.host.running:
+                log.error("the node host stopped on an error; shutting the node down")
+                self.failed.set()
+                return
             reports = [
                 LeaderReport(GroupId(s.group), NodeId(s.leader), s.term)
                 for s in self.host.status()
@@ -243,7 +250,11 @@ async def serve(opts: NodeOptions) -> int:
         log.error("%s", exc)
         await node.stop()
         return 2
-    await stop.wait()
+    stopped = asyncio.create_task(stop.wait())
+    failed = asyncio.create_task(node.failed.wait())
+    await asyncio.wait((stopped, failed), return_when=asyncio.FIRST_COMPLETED)
+    for task in (stopped, failed):
+        task.cancel()
     log.info("node %s stopping", opts.node_id)
     await node.stop()
-    return 0
+    return 1 if node.failed.is_set() else 0
