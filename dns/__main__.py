@@ -150,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # Imported late so `--help` works without loading gRPC and the Raft runtime.
-    from dns.server import DiscoveryConfig, StartupError, serve
+    from dns.server import DiscoveryConfig, ReplicaFailed, StartupError, serve
 
     try:
         config = DiscoveryConfig(
@@ -178,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         asyncio.run(run())
-    except StartupError as exc:
+    except (StartupError, ReplicaFailed) as exc:
         print(f"python -m dns: error: {exc}", file=sys.stderr)
         return 1
     return 0

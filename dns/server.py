@@ -234,6 +234,13 @@ def _bind(server: grpc.aio.Server, address: str, flag: str) -> str:
     return f"{host}:{port}"
 
 
+HOST_CHECK_SECONDS = 0.5
+
+
+class ReplicaFailed(Exception):
+    """The replica's Raft host stopped on an error while serving."""
+
+
 async def serve(config: DiscoveryConfig, stop: asyncio.Event) -> None:
     """Run a replica until ``stop`` is set (used by ``python -m dns``)."""
     server = DiscoveryServer(config)
@@ -245,6 +252,12 @@ async def serve(config: DiscoveryConfig, stop: asyncio.Event) -> None:
             f"data in {config.data_dir}",
             flush=True,
         )
-        await stop.wait()
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HOST_CHECK_SECONDS)
+            if not server.host.running:
+                # A failed fsync or state machine stopped the host: a replica that kept
+                # answering from frozen state would mislead everyone. Exit so it is restarted.
+                raise ReplicaFailed(f"discovery replica {config.replica_id}: its Raft host stopped")
     finally:
         await server.stop()
