@@ -93,6 +93,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
 
+    down = sub.add_parser(
+        "down",
+        help="stop the cluster that `up` started on --data-dir",
+        description="Stop the cluster running on --data-dir: ask its launcher to stop (which "
+        "stops every process cleanly), then stop any process it left behind (if the launcher "
+        "itself was killed). Data stays on disk; `up` restarts the same cluster.",
+    )
+    down.add_argument(
+        "--data-dir",
+        default=default_dir,
+        help="the cluster's data dir (env RAFTCHAT_DATA_DIR; default ./data)",
+    )
+
     boot = sub.add_parser(
         "bootstrap",
         help="fix a cluster's nodes, group count and rf in discovery (multi-machine set-ups)",
@@ -156,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             fsync=args.fsync == "on",
         )
+    if args.command == "down":
+        from cluster.launcher import run_down
+
+        return run_down(Path(args.data_dir))
     if args.command == "bootstrap":
         from cluster.launcher import LaunchError, bootstrap_remote
 

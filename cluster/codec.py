@@ -185,9 +185,7 @@ def encode(msg: Message) -> raft_pb2.RaftMessage:
             )
         case HeartbeatResponse():
             pb.heartbeat_response.CopyFrom(
-                raft_pb2.HeartbeatResponse(
-                    round=_number(msg.round, "heartbeat_response.round")
-                )
+                raft_pb2.HeartbeatResponse(round=_number(msg.round, "heartbeat_response.round"))
             )
         case SnapshotChunk():
             offset = _number(msg.offset, "snapshot_chunk.offset")

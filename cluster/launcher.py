@@ -32,6 +32,7 @@ from proto import discovery_pb2_grpc as dpb_grpc
 
 T = TypeVar("T")
 CLUSTER_FILE = "cluster.json"
+PIDS_FILE = "pids.json"
 FILE_FORMAT = 1
 
 
@@ -271,6 +272,19 @@ class LocalCluster:
     def _spawn(self, child: Child) -> None:
         self.children[child.name] = child
         child.start()
+        self._write_pids()
+
+    def _write_pids(self) -> None:
+        """``DATA_DIR/pids.json``: what ``cluster down`` stops, even if this launcher died."""
+        pids = {
+            "launcher": os.getpid(),
+            "children": {
+                name: c.process.pid for name, c in self.children.items() if c.process is not None
+            },
+        }
+        tmp = self.data_dir / (PIDS_FILE + ".tmp")
+        tmp.write_text(json.dumps(pids, indent=2) + "\n")
+        os.replace(tmp, self.data_dir / PIDS_FILE)
 
     def bootstrap(self, timeout: float) -> dpb.ClusterMap:
         request = dpb.BootstrapRequest(
@@ -341,6 +355,8 @@ class LocalCluster:
             child.signal(signal.SIGTERM)
         for child in self.children.values():
             child.stop()
+        with contextlib.suppress(FileNotFoundError):
+            (self.data_dir / PIDS_FILE).unlink()
 
     def node(self, node_id: int) -> Child:
         return self.children[f"node-{node_id}"]
@@ -351,6 +367,7 @@ class LocalCluster:
         fresh = Child(old.name, old.argv, old.log_path)
         self.children[name] = fresh
         fresh.start()
+        self._write_pids()
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -390,6 +407,7 @@ def run_up(
         f"cluster {spec.cluster_id}: {len(spec.discovery)} discovery + {len(spec.nodes)} nodes, "
         f"{spec.groups} groups x rf {spec.rf}, data in {data_dir.resolve()}"
     )
+
     def _stop(signum: int, frame: object) -> None:
         raise KeyboardInterrupt  # SIGTERM stops as cleanly as Ctrl-C
 
@@ -472,3 +490,46 @@ def bootstrap_remote(
         f"cluster {cmap.cluster_id} bootstrapped: {len(cmap.nodes)} nodes, "
         f"{cmap.group_count} groups, rf {cmap.rf}"
     )
+
+
+def _alive(pid: int) -> bool:
+    """Is ``pid`` running one of our programs? A pid from an old pids.json may belong to an
+    unrelated process by now, which must not be signalled."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(
+        argv[i] == b"-m" and argv[i + 1] in (b"cluster", b"dns", b"shards")
+        for i in range(len(argv) - 1)
+    )
+
+
+def run_down(data_dir: Path, timeout: float = 15.0) -> int:
+    """``python -m cluster down``: stop the cluster started by ``up`` on ``data_dir`` — the
+    launcher (which stops its children cleanly), then any child it left behind."""
+    path = data_dir / PIDS_FILE
+    if not path.exists():
+        print(f"no cluster is running on {data_dir} (no {PIDS_FILE})")
+        return 0
+    pids = json.loads(path.read_text())
+    launcher = int(pids["launcher"])
+    children = {str(k): int(v) for k, v in pids["children"].items()}
+    deadline = time.monotonic() + timeout
+    if _alive(launcher):
+        os.kill(launcher, signal.SIGTERM)
+        while _alive(launcher) and time.monotonic() < deadline:
+            time.sleep(0.05)  # poll until the launcher has stopped its children
+    left = {name: pid for name, pid in children.items() if _alive(pid)}
+    for pid in left.values():
+        os.kill(pid, signal.SIGTERM)
+    while any(_alive(p) for p in left.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)  # poll until they exit
+    for name, pid in left.items():
+        if _alive(pid):
+            print(f"{name} (pid {pid}) ignored SIGTERM; killing it")
+            os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    print(f"cluster on {data_dir} stopped" + (f" ({len(left)} orphaned children)" if left else ""))
+    return 0
