@@ -1,5 +1,6 @@
 # Every target runs from a fresh clone with python3.11 on PATH; `make test` is what CI runs.
-PYTHON ?= python3.11
+# python3.11 if the machine has that name for it, else python3 (pyproject requires >= 3.11).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed.stamp

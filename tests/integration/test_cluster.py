@@ -59,7 +59,6 @@ def discovery_leader(cluster: LocalCluster) -> int:
             with grpc.insecure_channel(d.public) as channel:
                 stub = discovery_pb2_grpc.DiscoveryStub(channel)  # type: ignore[no-untyped-call]
                 try:
-                    stub.GetMap(discovery_pb2.GetMapRequest(), timeout=1.0)
                     stub.Register(
                         discovery_pb2.RegisterRequest(
                             node_id=cluster.spec.nodes[0].id,
