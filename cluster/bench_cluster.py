@@ -108,6 +108,7 @@ def run_one(
     cluster = LocalCluster.create_or_load(
         data_dir, nodes=3, groups=groups, rf=3, discovery_replicas=1, base_port=0
     )
+    cluster.node_args = ("--app", "log")  # the bare replicated log, no chat on top
     try:
         cluster.start()
         cluster.wait_for_leaders()

@@ -75,6 +75,25 @@ def _parser() -> argparse.ArgumentParser:
         default=int(env("RAFTCHAT_SNAPSHOT_ENTRIES", "10000")),
         help="snapshot a group and compact its log after this many applied entries",
     )
+    p.add_argument(
+        "--app",
+        choices=("chat", "log"),
+        default=env("RAFTCHAT_APP", "chat"),
+        help="what the groups hold: chat (the Chat API, default) or log (a bare replicated log "
+        "served as ShardLog, for Raft tests and benchmarks) (RAFTCHAT_APP)",
+    )
+    p.add_argument(
+        "--send-rate",
+        type=float,
+        default=float(env("RAFTCHAT_SEND_RATE", "200")),
+        help="sends per second per user at this gateway; 0 = unlimited (RAFTCHAT_SEND_RATE)",
+    )
+    p.add_argument(
+        "--send-burst",
+        type=float,
+        default=float(env("RAFTCHAT_SEND_BURST", "400")),
+        help="sends a user may make at once after being idle (RAFTCHAT_SEND_BURST)",
+    )
     p.add_argument("--log-level", default=env("RAFTCHAT_LOG_LEVEL", "INFO"))
     return p
 
@@ -114,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         fsync=args.fsync == "on",
         tick_ms=args.tick_ms,
         snapshot_entries=args.snapshot_entries,
+        app=args.app,
+        send_rate=args.send_rate,
+        send_burst=args.send_burst,
     )
     return asyncio.run(serve(opts))
 

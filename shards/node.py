@@ -9,8 +9,11 @@ Start-up, in order, each step failing loudly with a clear message and a non-zero
 4. host every group the placement gives this node, each with its own state machine database;
 5. serve, heartbeat discovery with the leaders this node sees, re-register when it returns.
 
-Until the chat service lands, a group's state machine is the replicated append-only log of
-``cluster.statemachine.LogStateMachine``; the node serves it through ``ShardLog``.
+A node runs one application on its groups: ``chat`` (the default: ``shards.chat.app``, the
+public ``Chat`` API and the internal ``ChatInternal`` calls) or ``log``, the replicated
+append-only log of ``cluster.statemachine.LogStateMachine`` served through ``ShardLog``, which
+the cluster's own tests and ``cluster bench`` use to exercise Raft without chat on top.
+A data dir holds the state of the application it was created with.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from grpc_reflection.v1alpha import reflection
 
 from cluster.errors import DataDirMismatch, StorageError
 from cluster.host import NodeHost
-from cluster.statemachine import LogStateMachine
+from cluster.statemachine import GroupStateMachine, LogStateMachine
 from cluster.storage import LogStore
 from cluster.transport import SERVER_OPTIONS as TRANSPORT_SERVER_OPTIONS
 from cluster.transport import GrpcTransport, add_transport_servicer
@@ -38,7 +41,8 @@ from dns.clustermap import ClusterMap, NodeAddress
 from dns.codec import map_from_proto, map_to_proto
 from dns.server import AioHealthServicer
 from dns.state import LeaderReport
-from proto import discovery_pb2, node_pb2, node_pb2_grpc
+from proto import chat_pb2, discovery_pb2, node_pb2, node_pb2_grpc
+from shards.chat.app import ChatApp
 from shards.log_service import NodeAdminService, ShardLogService
 
 log = logging.getLogger("shards.node")
@@ -65,6 +69,10 @@ class NodeOptions:
     fsync: bool = True
     tick_ms: int = 50
     snapshot_entries: int = 10_000
+    app: str = "chat"
+    """``chat`` or ``log`` (see the module docstring)."""
+    send_rate: float = 200.0
+    send_burst: float = 400.0
 
 
 async def learn_map(opts: NodeOptions, client: DiscoveryClient) -> ClusterMap:
@@ -120,6 +128,8 @@ class ShardNode:
         """Set when the host stopped on an error (e.g. a failed fsync): the node must not go
         on looking healthy, so ``serve`` exits non-zero and a supervisor restarts it."""
         self.machines: dict[GroupId, LogStateMachine] = {}
+        """The groups' state machines in ``log`` mode (ShardLog reads them)."""
+        self.chat: ChatApp | None = None
 
     async def start(self) -> None:
         opts = self.opts
@@ -154,30 +164,46 @@ class ShardNode:
         hosted: list[GroupId] = []
         db_dir = opts.data_dir / "groups"
         db_dir.mkdir(parents=True, exist_ok=True)
+        if opts.app == "chat":
+            self.chat = ChatApp(
+                opts.node_id,
+                host,
+                lambda: self.cmap,
+                fsync=opts.fsync,
+                send_rate=opts.send_rate,
+                send_burst=opts.send_burst,
+            )
         for placement in cmap.groups:
             if opts.node_id in placement.replicas:
-                sm = LogStateMachine(db_dir / f"group-{placement.group}.sqlite")
+                sm: GroupStateMachine
+                if self.chat is not None:
+                    sm = self.chat.state_machine(
+                        placement.group, db_dir / f"chat-{placement.group}.sqlite"
+                    )
+                else:
+                    log_sm = LogStateMachine(db_dir / f"group-{placement.group}.sqlite")
+                    self.machines[placement.group] = sm = log_sm
                 try:
                     host.add_group(placement.group, placement.replicas, sm)
                 except DataDirMismatch as exc:
                     raise NodeStartError(f"data dir {opts.data_dir}: {exc}") from exc
                 hosted.append(placement.group)
-                self.machines[placement.group] = sm
                 fresh = host.group_status(placement.group).term == 0
                 if fresh and placement.replicas[0] == opts.node_id:
                     # A new group: its first replica in ring order stands at once, so the first
                     # elections take one round trip and leaders spread like the placement.
                     host.campaign(placement.group)
-        node_pb2_grpc.add_ShardLogServicer_to_server(ShardLogService(self), public)  # type: ignore[no-untyped-call]
+        services = [node_pb2.DESCRIPTOR.services_by_name["NodeAdmin"].full_name]
+        if self.chat is not None:
+            self.chat.add_servicers(public, internal)
+            services.append(chat_pb2.DESCRIPTOR.services_by_name["Chat"].full_name)
+        else:
+            node_pb2_grpc.add_ShardLogServicer_to_server(ShardLogService(self), public)  # type: ignore[no-untyped-call]
+            services.append(node_pb2.DESCRIPTOR.services_by_name["ShardLog"].full_name)
         node_pb2_grpc.add_NodeAdminServicer_to_server(NodeAdminService(self), public)  # type: ignore[no-untyped-call]
         health_servicer = AioHealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, public)
-        names = (
-            node_pb2.DESCRIPTOR.services_by_name["ShardLog"].full_name,
-            node_pb2.DESCRIPTOR.services_by_name["NodeAdmin"].full_name,
-            health.SERVICE_NAME,
-            reflection.SERVICE_NAME,
-        )
+        names = (*services, health.SERVICE_NAME, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, public)
         host.on_leadership(lambda group, leader, term: self._leaders_changed.set())
         await host.start()
@@ -185,6 +211,8 @@ class ShardNode:
         await public.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self._servers = [public, internal]
+        if self.chat is not None:
+            self.chat.start()
         self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
         log.info(
             "node %s serving %s (internal %s), groups %s",
@@ -233,6 +261,8 @@ class ShardNode:
                 await task
         for server in self._servers:
             await server.stop(grace=0.5)
+        if self.chat is not None:
+            await self.chat.stop()
         if self.host is not None:
             await self.host.stop()
         await self.client.close()

@@ -27,12 +27,15 @@ same over a real multi-node router and over an in-memory one in tests:
   otherwise; joining is open to everyone, so a reader joins first). DM history is for its two
   participants, decided from the id alone.
 
-Not done here yet: the DM follow-ups a first DM message creates (``Posted.follow_ups``, the
-outbox of the DM's group) are *not* drained by this service; a background task of the node
-must propose ``AddDmConversation`` to each participant's group and then ``AckFollowUp``.
-Unread counts do not depend on them (they read every group). Sync, Who, ServerStatus and the
-Session stream are also not here. Password hashing runs in a worker thread (about 50 ms of
-CPU each), so the event loop keeps serving other calls meanwhile.
+- **Reads go through queries** (:mod:`shards.chat.queries`): each step asks one group one
+  question, answered by the local replica or, for a group this node does not host, by a node
+  that does. That is why a listing asks for channels *with* the caller's membership at once.
+- **Send rate.** Sends pass a per-user token bucket first (RESOURCE_EXHAUSTED with
+  ``x-retry-after-ms``, nothing proposed).
+
+The DM follow-ups a first DM message creates (``Posted.follow_ups``) are drained by the node's
+:mod:`shards.chat.followups` task, not here. Password hashing runs in a worker thread (about
+50 ms of CPU each), so the event loop keeps serving other calls meanwhile.
 """
 
 from __future__ import annotations
@@ -40,14 +43,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 import grpc
 
 from cluster.types import GroupId
 from proto import chat_pb2 as pb
-from shards.chat import api
-from shards.chat.api import ApiError
+from shards.chat import api, queries
+from shards.chat.api import ApiError, Gap
 from shards.chat.auth import (
     bearer_token,
     hash_password,
@@ -73,8 +76,11 @@ from shards.chat.commands import (
     UserRegistered,
     parse_dm,
 )
-from shards.chat.schema import ChannelInfo, ConversationRef
-from shards.chat.state import ChatState
+from shards.chat.queries import Query
+from shards.chat.ratelimit import SendRateLimiter
+from shards.chat.schema import ConversationRef, Message, Route, SyncPage
+
+T = TypeVar("T")
 
 Metadata = Iterable[tuple[str, str | bytes]] | None
 """The call's invocation metadata, as ``grpc.aio.ServicerContext.invocation_metadata()``
@@ -83,22 +89,45 @@ returns it (None: no metadata at all)."""
 
 class Router(Protocol):
     """Moves commands and reads to the group that owns them (its leader, for writes and
-    linearizable reads). Failures are raised as ``ApiError`` (UNAVAILABLE, FAILED_PRECONDITION
-    with a leader hint, DEADLINE_EXCEEDED)."""
+    linearizable reads). Failures are raised as ``ApiError`` (UNAVAILABLE after retrying
+    through leader changes until the call's budget is spent)."""
 
     async def propose(self, group: GroupId, command: Command) -> object:
         """Commit ``command`` in ``group`` and return what applying it returned."""
         ...
 
-    async def read(self, group: GroupId, *, linearizable: bool) -> ChatState:
-        """``group``'s state, caught up with every write acknowledged before the call when
-        ``linearizable`` (ReadIndex), else a replica's applied state as it is. Query it right
-        away: it keeps moving as entries are applied."""
+    async def propose_many(self, group: GroupId, commands: Sequence[Command]) -> list[object]:
+        """Commit ``commands`` in ``group`` in this order; what applying each returned."""
+        ...
+
+    async def query(self, group: GroupId, query: Query[T], *, linearizable: bool) -> T:
+        """``query`` run on a replica of ``group``: caught up with every write acknowledged
+        before the call when ``linearizable`` (ReadIndex), else as that replica has it."""
         ...
 
     def groups(self) -> list[GroupId]:
         """Every group of the cluster."""
         ...
+
+
+class Directory(Protocol):
+    """What the service knows of the cluster's nodes (the discovery map)."""
+
+    def node_address(self, node: int) -> str:
+        """The node's public host:port, "" if unknown."""
+        ...
+
+    def node_up(self, node: int) -> bool:
+        """Whether the node's lease is valid (a route to a dead gateway is not online)."""
+        ...
+
+
+class _EveryNodeUp:
+    def node_address(self, node: int) -> str:
+        return ""
+
+    def node_up(self, node: int) -> bool:
+        return True
 
 
 def user_key(user: str) -> str:
@@ -123,6 +152,11 @@ def _unauthenticated(message: str) -> ApiError:
     return ApiError(grpc.StatusCode.UNAUTHENTICATED, "authorization", message)
 
 
+def rejected_error(rejected: Rejected) -> ApiError:
+    """A query's ``Rejected`` as the API error of the same name."""
+    return ApiError(grpc.StatusCode[rejected.code.name], rejected.field, rejected.reason)
+
+
 _CLOSED: Final = "unknown or closed session"
 
 
@@ -135,10 +169,22 @@ class ChatService:
         router: Router,
         placement_groups: Callable[[str], GroupId],
         clock: Callable[[], int],
+        *,
+        limiter: SendRateLimiter | None = None,
+        directory: Directory | None = None,
     ) -> None:
         self._router = router
         self._group_for = placement_groups
         self._clock = clock
+        self.limiter = limiter or SendRateLimiter()
+        self._directory = directory or _EveryNodeUp()
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    def clock(self) -> int:
+        return self._clock()
 
     # ---- accounts and sessions ---------------------------------------------------------------
 
@@ -146,15 +192,15 @@ class ChatService:
         reg = api.parse_register(req)
         password_hash = await asyncio.to_thread(hash_password, reg.password)
         cmd = reg.command(password_hash, self._clock())
-        result = await self._router.propose(self._user_group(reg.user), cmd)
+        result = await self._router.propose(self.user_group(reg.user), cmd)
         return api.registered_to_proto(api.expect(result, cmd, UserRegistered), reg.display_name)
 
     async def login(self, req: pb.LoginRequest, metadata: Metadata) -> pb.LoginResponse:
         """Verify the password against the user's record, then open a session there. An
         unknown user costs the same hash as a wrong password and gets the same answer."""
         creds = api.parse_login(req)
-        group = self._user_group(creds.user)
-        record = (await self._router.read(group, linearizable=True)).user(creds.user)
+        group = self.user_group(creds.user)
+        record = await self._router.query(group, queries.UserLookup(creds.user), linearizable=True)
         stored = None if record is None else record.password_hash
         if not await asyncio.to_thread(verify_password, creds.password, stored):
             raise login_failed()
@@ -167,7 +213,7 @@ class ChatService:
     async def logout(self, req: pb.LogoutRequest, metadata: Metadata) -> pb.LogoutResponse:
         caller = await self.authenticate(metadata)
         cmd = CloseSession(caller.user, caller.token_digest)
-        result = await self._router.propose(self._user_group(caller.user), cmd)
+        result = await self._router.propose(self.user_group(caller.user), cmd)
         api.expect(result, cmd, SessionClosed)  # closed=False: a concurrent logout won
         return pb.LogoutResponse()
 
@@ -176,10 +222,16 @@ class ChatService:
         (so a logout acknowledged anywhere is seen here); UNAUTHENTICATED otherwise."""
         user, token = bearer_token(metadata)
         digest = token_digest(token)
-        state = await self._router.read(self._user_group(user), linearizable=True)
-        if state.session_user(digest) != user:
+        query = queries.SessionLookup(digest)
+        if await self._router.query(self.user_group(user), query, linearizable=True) != user:
             raise _unauthenticated(_CLOSED)
         return Caller(user, digest)
+
+    async def still_valid(self, caller: Caller) -> bool:
+        """Whether the caller's session is still open (a stream re-checks after a logout)."""
+        query = queries.SessionLookup(caller.token_digest)
+        group = self.user_group(caller.user)
+        return await self._router.query(group, query, linearizable=True) == caller.user
 
     # ---- channels ----------------------------------------------------------------------------
 
@@ -188,21 +240,20 @@ class ChatService:
     ) -> pb.CreateChannelResponse:
         caller = await self.authenticate(metadata)
         cmd = api.create_channel_command(req, caller.user, self._clock())
-        group = self._conversation_group(cmd.channel)
+        group = self.conversation_group(cmd.channel)
         api.expect(await self._router.propose(group, cmd), cmd, ChannelCreated)
-        state = await self._router.read(group, linearizable=True)
-        info = state.channel(cmd.channel)
-        if info is None:  # channels are never deleted; a committed creation is there
+        query = queries.ChannelLookup(cmd.channel, caller.user)
+        view = await self._router.query(group, query, linearizable=True)
+        if view is None:  # channels are never deleted; a committed creation is there
             raise ApiError(grpc.StatusCode.INTERNAL, "channel", "created channel not found")
-        joined = state.is_member(cmd.channel, caller.user)
-        return pb.CreateChannelResponse(channel=api.channel_to_proto(info, joined))
+        return pb.CreateChannelResponse(channel=api.channel_to_proto(view.info, view.joined))
 
     async def join_channel(
         self, req: pb.JoinChannelRequest, metadata: Metadata
     ) -> pb.JoinChannelResponse:
         caller = await self.authenticate(metadata)
         cmd = api.join_command(req, caller.user, self._clock())
-        result = await self._router.propose(self._conversation_group(cmd.channel), cmd)
+        result = await self._router.propose(self.conversation_group(cmd.channel), cmd)
         return api.joined_to_proto(api.expect(result, cmd, Joined))
 
     async def leave_channel(
@@ -210,7 +261,7 @@ class ChatService:
     ) -> pb.LeaveChannelResponse:
         caller = await self.authenticate(metadata)
         cmd = api.leave_command(req, caller.user, self._clock())
-        result = await self._router.propose(self._conversation_group(cmd.channel), cmd)
+        result = await self._router.propose(self.conversation_group(cmd.channel), cmd)
         return api.left_to_proto(api.expect(result, cmd, Left))
 
     async def list_channels(
@@ -218,16 +269,10 @@ class ChatService:
     ) -> pb.ListChannelsResponse:
         """Every channel of every group (channels spread over all of them), by name."""
         caller = await self.authenticate(metadata)
-        infos: list[ChannelInfo] = []
-        joined: list[str] = []
-        for state in await self._read_all():
-            for info in state.channels():
-                member = state.is_member(info.name, caller.user)
-                if member:
-                    joined.append(info.name)
-                if member or not req.joined_only:
-                    infos.append(info)
-        return api.channels_to_proto(infos, joined)
+        views = await self._ask_all(queries.ChannelListing(caller.user))
+        flat = [v for group_views in views for v in group_views]
+        shown = [v.info for v in flat if v.joined or not req.joined_only]
+        return api.channels_to_proto(shown, [v.info.name for v in flat if v.joined])
 
     # ---- messages ----------------------------------------------------------------------------
 
@@ -236,101 +281,206 @@ class ChatService:
         0; apply raises it past the conversation's last stamp, so it is monotonic anyway."""
         caller = await self.authenticate(metadata)
         intent = api.parse_send(req, caller.user)
-        pair = parse_dm(intent.conversation)
-        if pair is not None:
-            peer = pair[0] if pair[1] == caller.user else pair[1]
-            await self._require_user(peer, intent.prefix + intent.target_field)
+        self.check_rate(caller.user, 1, "")
+        await self.check_dm_peer(intent)
         cmd: PostMessage = intent.command(Hlc(self._clock(), 0))
-        result = await self._router.propose(self._conversation_group(cmd.conversation), cmd)
+        result = await self._router.propose(self.conversation_group(cmd.conversation), cmd)
         if isinstance(result, Rejected):
             raise intent.rejection(result)
-        # Posted.follow_ups (a DM's first message) are left in the DM group's outbox for the
-        # node's follow-up task; see the module docstring.
         return api.posted_to_proto(api.expect(result, cmd, Posted))
+
+    def check_rate(self, user: str, n: int, field: str) -> None:
+        """RESOURCE_EXHAUSTED with the wait in ``x-retry-after-ms`` past the user's rate."""
+        wait_ms = self.limiter.take(user, n)
+        if wait_ms:
+            raise ApiError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                field or "text",
+                f"{user!r} sends faster than {self.limiter.rate:g}/s; retry in {wait_ms} ms",
+                retry_after_ms=wait_ms,
+            )
+
+    async def check_dm_peer(self, intent: api.SendIntent) -> None:
+        """A DM's other participant must exist (NOT_FOUND naming the request field)."""
+        pair = parse_dm(intent.conversation)
+        if pair is not None:
+            peer = pair[0] if pair[1] == intent.sender else pair[1]
+            await self.require_user(peer, intent.prefix + intent.target_field)
 
     async def history(self, req: pb.HistoryRequest, metadata: Metadata) -> pb.HistoryResponse:
         caller = await self.authenticate(metadata)
         query = api.history_query(req, caller.user)  # others' DMs: PERMISSION_DENIED here
-        group = self._conversation_group(query.conversation)
-        state = await self._router.read(group, linearizable=not query.stale_ok)
-        self._check_reader(state, caller.user, query.conversation)
-        page = query.run(state)
-        displays = await self._display_names({m.sender for m in page.messages})
+        group = self.conversation_group(query.conversation)
+        page = await self._router.query(
+            group, queries.ReaderHistory(caller.user, query), linearizable=not query.stale_ok
+        )
+        if isinstance(page, Rejected):
+            raise rejected_error(page)
+        displays = await self.display_names({m.sender for m in page.messages})
         return api.history_to_proto(page, caller.user, displays)
+
+    async def sync(self, req: pb.SyncRequest, metadata: Metadata) -> pb.SyncResponse:
+        """Everything after the cursors, from every group they touch, at most ``limit``."""
+        caller = await self.authenticate(metadata)
+        query = api.sync_query(req, caller.user)
+        await self.check_members(caller.user, [c for c, _ in query.cursors], "cursors")
+        page, gaps = await self.catch_up(dict(query.cursors), query.limit)
+        displays = await self.display_names({m.sender for m in page.messages})
+        return api.sync_to_proto(page, caller.user, displays, gaps)
+
+    async def catch_up(self, cursors: dict[str, int], limit: int) -> tuple[SyncPage, list[Gap]]:
+        """Messages after ``cursors`` from every group concerned, read linearizably, merged by
+        conversation then seq and cut at ``limit``; large backlogs become gaps."""
+        by_group: dict[GroupId, list[tuple[str, int]]] = {}
+        for conv in sorted(cursors):
+            by_group.setdefault(self.conversation_group(conv), []).append((conv, cursors[conv]))
+        answers = await asyncio.gather(
+            *(
+                self._router.query(g, queries.CatchUp(tuple(cs), limit), linearizable=True)
+                for g, cs in by_group.items()
+            )
+        )
+        messages: list[Message] = []
+        next_cursors: dict[str, int] = dict(cursors)
+        gaps: list[Gap] = []
+        limited = False
+        for answer in answers:
+            messages.extend(answer.page.messages)
+            next_cursors.update(answer.page.cursors)
+            gaps.extend(answer.gaps)
+            limited = limited or answer.page.limited
+        messages.sort(key=lambda m: (m.conversation, m.seq))
+        if len(messages) > limit:
+            limited = True
+            for m in messages[limit:]:  # give back the cursor just before the first cut one
+                next_cursors[m.conversation] = min(next_cursors[m.conversation], m.seq - 1)
+            messages = messages[:limit]
+        return SyncPage(messages, next_cursors, limited), gaps
+
+    async def check_members(self, user: str, conversations: Iterable[str], field: str) -> None:
+        """PERMISSION_DENIED naming ``field[conv]`` unless ``user`` is in every channel named
+        (DM participation was checked from the ids by the API)."""
+        by_group: dict[GroupId, list[str]] = {}
+        for conv in conversations:
+            if parse_dm(conv) is None:
+                by_group.setdefault(self.conversation_group(conv), []).append(conv)
+        if not by_group:
+            return
+        answers = await asyncio.gather(
+            *(
+                self._router.query(g, queries.ConversationsOf(user), linearizable=True)
+                for g in by_group
+            )
+        )
+        for (group, convs), refs in zip(by_group.items(), answers, strict=True):
+            mine = {r.conversation for r in refs}
+            for conv in convs:
+                if conv not in mine:
+                    raise ApiError(
+                        grpc.StatusCode.PERMISSION_DENIED,
+                        f"{field}[{conv}]",
+                        f"{user!r} is not a member of channel {conv!r} (group {group})",
+                    )
 
     async def mark_read(self, req: pb.MarkReadRequest, metadata: Metadata) -> pb.MarkReadResponse:
         caller = await self.authenticate(metadata)
         cmd = api.mark_read_command(req, caller.user)
-        result = await self._router.propose(self._conversation_group(cmd.conversation), cmd)
+        result = await self._router.propose(self.conversation_group(cmd.conversation), cmd)
         return api.read_marked_to_proto(api.expect(result, cmd, ReadMarked))
 
     async def unread_counts(
         self, req: pb.UnreadCountsRequest, metadata: Metadata
     ) -> pb.UnreadCountsResponse:
-        """Every conversation the caller is in, read from every group: a channel's membership
+        caller = await self.authenticate(metadata)
+        return api.unread_to_proto(await self.conversations_of(caller.user))
+
+    async def conversations_of(self, user: str) -> list[ConversationRef]:
+        """Every conversation ``user`` is in, read from every group: a channel's membership
         and a DM's messages and read markers live in the conversation's own group. A DM known
         only from a follow-up in another group (``last_seq`` None) yields to the DM group's
         own entry."""
-        caller = await self.authenticate(metadata)
         refs: dict[str, ConversationRef] = {}
-        for state in await self._read_all():
-            for ref in state.conversations_of(caller.user):
+        for found in await self._ask_all(queries.ConversationsOf(user)):
+            for ref in found:
                 held = refs.get(ref.conversation)
                 if held is None or held.last_seq is None:
                     refs[ref.conversation] = ref
-        return api.unread_to_proto(refs.values())
+        return [refs[c] for c in sorted(refs)]
+
+    # ---- presence ----------------------------------------------------------------------------
+
+    async def who(self, req: pb.WhoRequest, metadata: Metadata) -> pb.WhoResponse:
+        """Online sessions: routes whose gateway node is up, of everyone or of a channel's
+        members (the caller must be one)."""
+        caller = await self.authenticate(metadata)
+        channel = api.who_channel(req)
+        members: set[str] | None = None
+        if channel is not None:
+            group = self.conversation_group(channel)
+            listed = await self._router.query(group, queries.Members(channel), linearizable=True)
+            if listed is None:
+                raise ApiError(grpc.StatusCode.NOT_FOUND, "channel", f"no channel {channel!r}")
+            if caller.user not in listed:
+                raise ApiError(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    "channel",
+                    f"{caller.user!r} is not a member of channel {channel!r}",
+                )
+            members = set(listed)
+        routes = await self.online_routes()
+        routes = [r for r in routes if members is None or r.user in members]
+        displays = await self.display_names({r.user for r in routes})
+        sessions = [
+            api.route_to_proto(
+                r, displays.get(r.user, ""), self._directory.node_address(r.gateway_node)
+            )
+            for r in sorted(routes, key=lambda r: (r.user, r.gateway_node, r.session_id))
+        ]
+        return pb.WhoResponse(sessions=sessions)
+
+    async def online_routes(self) -> list[Route]:
+        found = await self._ask_all(queries.OnlineRoutes(), linearizable=False)
+        return [r for rs in found for r in rs if self._directory.node_up(r.gateway_node)]
 
     # ---- internals ---------------------------------------------------------------------------
 
-    def _user_group(self, user: str) -> GroupId:
+    def user_group(self, user: str) -> GroupId:
         return self._group_for(user_key(user))
 
-    def _conversation_group(self, conversation: str) -> GroupId:
+    def conversation_group(self, conversation: str) -> GroupId:
         return self._group_for(conversation_key(conversation))
 
-    async def _read_all(self) -> Sequence[ChatState]:
-        """Every group's state, read linearizably and concurrently."""
+    async def _ask_all(self, query: Query[T], *, linearizable: bool = True) -> Sequence[T]:
+        """``query`` asked of every group, concurrently."""
         groups = self._router.groups()
-        return await asyncio.gather(*(self._router.read(g, linearizable=True) for g in groups))
+        return await asyncio.gather(
+            *(self._router.query(g, query, linearizable=linearizable) for g in groups)
+        )
 
-    async def _require_user(self, user: str, field: str) -> None:
+    async def require_user(self, user: str, field: str) -> None:
         """NOT_FOUND naming ``field`` unless ``user`` exists. Users are never deleted, so a
         stale "exists" is final; only a stale "missing" is confirmed by a linearizable read
         (the user may have just registered)."""
-        group = self._user_group(user)
-        if (await self._router.read(group, linearizable=False)).user(user) is not None:
+        group = self.user_group(user)
+        query = queries.UserLookup(user)
+        if await self._router.query(group, query, linearizable=False) is not None:
             return
-        if (await self._router.read(group, linearizable=True)).user(user) is None:
+        if await self._router.query(group, query, linearizable=True) is None:
             raise ApiError(grpc.StatusCode.NOT_FOUND, field, f"no user {user!r}")
 
-    @staticmethod
-    def _check_reader(state: ChatState, user: str, conversation: str) -> None:
-        """A channel must exist (NOT_FOUND) and have ``user`` as a member (PERMISSION_DENIED);
-        a DM's participants were checked from its id by ``api.history_query``."""
-        if parse_dm(conversation) is not None:
-            return
-        if state.channel(conversation) is None:
-            raise ApiError(
-                grpc.StatusCode.NOT_FOUND, "conversation", f"no channel {conversation!r}"
-            )
-        if not state.is_member(conversation, user):
-            raise ApiError(
-                grpc.StatusCode.PERMISSION_DENIED,
-                "conversation",
-                f"{user!r} is not a member of channel {conversation!r}",
-            )
-
-    async def _display_names(self, users: Iterable[str]) -> dict[str, str]:
+    async def display_names(self, users: Iterable[str]) -> dict[str, str]:
         """Display names of ``users`` from their groups' applied state (stale is fine: a display
         name never changes); a user not found is left out and shown as ""."""
         by_group: dict[GroupId, list[str]] = {}
         for user in sorted(users):
-            by_group.setdefault(self._user_group(user), []).append(user)
+            by_group.setdefault(self.user_group(user), []).append(user)
+        answers = await asyncio.gather(
+            *(
+                self._router.query(g, queries.DisplayNames(tuple(names)), linearizable=False)
+                for g, names in by_group.items()
+            )
+        )
         displays: dict[str, str] = {}
-        for group, names in by_group.items():
-            state = await self._router.read(group, linearizable=False)
-            for name in names:
-                record = state.user(name)
-                if record is not None:
-                    displays[name] = record.display_name
+        for found in answers:
+            displays.update(found)
         return displays

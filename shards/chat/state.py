@@ -557,6 +557,13 @@ class ChatState:
         )
         return [Route(*row) for row in rows]
 
+    def all_routes(self) -> list[Route]:
+        """Every session route held here, by user then session id (the online sessions)."""
+        rows = self._conn.execute(
+            "SELECT user, session_id, gateway_node, ms FROM routes ORDER BY user, session_id"
+        )
+        return [Route(*row) for row in rows]
+
     def session_user(self, token_digest: str) -> str | None:
         """The user an open session authenticates, by its token's digest; None if there is no
         such session here (never opened, closed, or held by another group)."""

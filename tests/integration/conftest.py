@@ -34,7 +34,7 @@ def make_cluster(tmp_path: Path) -> Iterator[ClusterFactory]:
             discovery_replicas=discovery_replicas,
             base_port=0,
         )
-        cluster.node_args = node_args
+        cluster.node_args = ("--app", "log", *node_args)  # these tests drive Raft via ShardLog
         client = LogClient(cluster.spec)
         made.append((cluster, client))
         cluster.start()

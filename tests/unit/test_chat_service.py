@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import grpc
 import pytest
@@ -19,14 +19,16 @@ import pytest
 from cluster.messages import Entry
 from cluster.types import GroupId, NodeId
 from proto import chat_pb2 as pb
-from shards.chat import ChatState, Command, encode_command, service
+from shards.chat import ChatState, Command, encode_command, service, wire
 from shards.chat.api import ApiError
 from shards.chat.auth import hash_password, token_digest
+from shards.chat.queries import Query
 from shards.chat.service import ChatService, Metadata, conversation_key, user_key
 from shards.placement import Placement
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+T = TypeVar("T")
 Rpc = Callable[[Req, Metadata], Coroutine[Any, Any, Resp]]
 AnyRpc = Rpc[Any, Any]
 
@@ -49,8 +51,18 @@ class MemoryRouter:
         (result,) = state.apply([entry])
         return result
 
-    async def read(self, group: GroupId, *, linearizable: bool) -> ChatState:
-        return self.states[group]
+    async def propose_many(self, group: GroupId, commands: Sequence[Command]) -> list[object]:
+        return [await self.propose(group, c) for c in commands]
+
+    async def query(self, group: GroupId, query: Query[T], *, linearizable: bool) -> T:
+        """Runs ``query`` after a round trip through the wire encoding both ways, as a query
+        sent to another node would take."""
+        sent = wire.decode(wire.encode(query))
+        assert sent == query
+        answer = cast("Query[T]", sent).run(self.states[group])
+        back = wire.decode(wire.encode(answer))
+        assert back == answer
+        return answer  # equal to what came back over the wire
 
     def groups(self) -> list[GroupId]:
         return sorted(self.states)

@@ -1,0 +1,137 @@
+"""The chat application of a shard node: every chat part wired to the node's Raft host.
+
+``ShardNode`` owns the process (map, store, host, ports); this module owns what runs on top when
+the node serves chat: one ``FeedingChatState`` per hosted group, the router, the service, the
+push hub, the follow-up drainer, and the two servicers (public ``Chat``, internal
+``ChatInternal``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from cluster.host import NodeHost
+from cluster.types import GroupId, NodeId
+from dns.clustermap import ClusterMap
+from proto import chat_internal_pb2_grpc as ipb_grpc
+from proto import chat_pb2_grpc as pb_grpc
+from shards.chat.commands import parse_dm
+from shards.chat.feed import Feed, FeedBatch, FeedingChatState, MessageCommitted
+from shards.chat.followups import FollowUpDrainer
+from shards.chat.hub import PushHub
+from shards.chat.internal import ChatInternalService
+from shards.chat.ratelimit import SendRateLimiter
+from shards.chat.router import ClusterRouter
+from shards.chat.service import ChatService, user_key
+from shards.chat.servicer import ChatServicer, NodeFacts
+from shards.placement import Placement
+
+
+class MapDirectory:
+    """Node addresses and liveness from the node's cached cluster map."""
+
+    def __init__(self, cluster_map: Callable[[], ClusterMap | None]) -> None:
+        self._map = cluster_map
+
+    def node_address(self, node: int) -> str:
+        cmap = self._map()
+        status = cmap.node(NodeId(node)) if cmap is not None else None
+        return status.public_addr if status is not None else ""
+
+    def node_up(self, node: int) -> bool:
+        cmap = self._map()
+        status = cmap.node(NodeId(node)) if cmap is not None else None
+        return status is not None and status.up
+
+
+def wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ChatApp:
+    def __init__(
+        self,
+        node_id: NodeId,
+        host: NodeHost,
+        cluster_map: Callable[[], ClusterMap | None],
+        *,
+        fsync: bool,
+        send_rate: float,
+        send_burst: float,
+    ) -> None:
+        cmap = cluster_map()
+        assert cmap is not None
+        self.node_id = node_id
+        self.host = host
+        self.feed = Feed()
+        self.machines: dict[GroupId, FeedingChatState] = {}
+        placement = Placement([n.id for n in cmap.nodes], cmap.group_count, cmap.rf)
+        self.group_for: Callable[[str], GroupId] = functools.lru_cache(maxsize=65536)(
+            placement.group_for
+        )
+        self.router = ClusterRouter(node_id, host, self.machines, cluster_map)
+        self.service = ChatService(
+            self.router,
+            self.group_for,
+            wall_ms,
+            limiter=SendRateLimiter(send_rate, send_burst),
+            directory=MapDirectory(cluster_map),
+        )
+        self.hub = PushHub(node_id, self.feed, self.router, self.group_for)
+        self.drainer = FollowUpDrainer(
+            node_id, host, self.machines, self.router, lambda u: self.group_for(user_key(u))
+        )
+        self.feed.listen(self._on_batch)
+        self.facts = NodeFacts(
+            node_id, cmap.cluster_id, lambda: _epoch(cluster_map), fsync, time.monotonic()
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def state_machine(self, group: GroupId, path: Path) -> FeedingChatState:
+        """The state machine for a hosted group (call before the host starts)."""
+        sm = FeedingChatState(path, group, self.feed)
+        self.machines[group] = sm
+        return sm
+
+    def add_servicers(self, public: grpc.aio.Server, internal: grpc.aio.Server) -> None:
+        servicer = ChatServicer(self.service, self.hub, self.host, self.facts)
+        pb_grpc.add_ChatServicer_to_server(servicer, public)  # type: ignore[no-untyped-call]
+        inner = ChatInternalService(
+            self.node_id, self.host, self.machines, self.feed, self.router.leader_hint
+        )
+        ipb_grpc.add_ChatInternalServicer_to_server(inner, internal)  # type: ignore[no-untyped-call]
+
+    def start(self) -> None:
+        self.hub.start()
+        self._tasks.append(asyncio.create_task(self.drainer.run_forever()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.hub.stop()
+        await self.router.close()
+
+    def _on_batch(self, batch: FeedBatch) -> None:
+        for event in batch.events:
+            if (
+                isinstance(event, MessageCommitted)
+                and event.message.seq == 1
+                and parse_dm(event.message.conversation) is not None
+            ):
+                self.drainer.wake()
+                return
+
+
+def _epoch(cluster_map: Callable[[], ClusterMap | None]) -> int:
+    cmap = cluster_map()
+    return cmap.epoch if cmap is not None else 0

@@ -1,0 +1,194 @@
+"""The gateway's push hub: follows every group's applied events and hands them to sessions.
+
+One follower task per group. For a group this node hosts it reads the local replica's feed; for
+another it holds a ``ChatInternal.Watch`` stream to a node that hosts it (the leader when known),
+moving to another replica when the stream breaks. Whenever a follower (re)starts, events may
+have been missed, so every session is told to re-read that group (``Resync``): sessions keep
+per-conversation cursors and drop what they already pushed, so re-reading is always safe.
+
+The hub routes events only by who may care (the conversation's sessions, a DM's two users, a
+user's own sessions); each session decides, in order, what to push (see ``shards.chat.session``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+import grpc
+
+from cluster.types import NO_NODE, GroupId, NodeId
+from proto import chat_internal_pb2 as ipb
+from shards.chat import wire
+from shards.chat.commands import parse_dm
+from shards.chat.feed import Event, Feed, FeedBatch, Lagged, MembershipChanged, MessageCommitted
+
+if TYPE_CHECKING:
+    from shards.chat.router import ClusterRouter
+    from shards.chat.session import ChatSession
+
+log = logging.getLogger("shards.chat.hub")
+
+RETRY_PAUSE: Final = (0.05, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Events of ``group`` may have been missed: re-read its conversations."""
+
+    group: GroupId
+
+
+class PushHub:
+    def __init__(
+        self,
+        node_id: NodeId,
+        feed: Feed,
+        router: ClusterRouter,
+        group_of: Callable[[str], GroupId],
+    ) -> None:
+        self._me = node_id
+        self._feed = feed
+        self._router = router
+        self._group_of = group_of
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sessions: set[ChatSession] = set()
+        self._by_user: dict[str, set[ChatSession]] = {}
+        self._by_conv: dict[str, set[ChatSession]] = {}
+        self._ready: dict[GroupId, asyncio.Event] = {}
+        self.delivered_batches = 0
+
+    @property
+    def sessions(self) -> frozenset[ChatSession]:
+        return frozenset(self._sessions)
+
+    def start(self) -> None:
+        for group in self._router.groups():
+            self._ready[group] = asyncio.Event()
+            self._tasks.append(asyncio.create_task(self._follow(group)))
+
+    async def wait_following(self, timeout: float) -> bool:
+        """Whether every group is being followed within ``timeout`` seconds (for sessions to
+        start with everything after their cursors in view)."""
+        try:
+            async with asyncio.timeout(timeout):
+                for ready in self._ready.values():
+                    await ready.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def attach(self, session: ChatSession) -> None:
+        self._sessions.add(session)
+        self._by_user.setdefault(session.user, set()).add(session)
+
+    def detach(self, session: ChatSession) -> None:
+        self._sessions.discard(session)
+        _discard(self._by_user, session.user, session)
+        for conv in session.tracked():
+            _discard(self._by_conv, conv, session)
+
+    def track(self, session: ChatSession, conversation: str) -> None:
+        """``session`` now pushes ``conversation``: route its events there."""
+        if session in self._sessions:
+            self._by_conv.setdefault(conversation, set()).add(session)
+
+    def untrack(self, session: ChatSession, conversation: str) -> None:
+        _discard(self._by_conv, conversation, session)
+
+    # ---- following ---------------------------------------------------------------------------
+
+    async def _follow(self, group: GroupId) -> None:
+        pause = RETRY_PAUSE[0]
+        while True:
+            try:
+                if self._router.hosts(group):
+                    await self._follow_local(group)
+                else:
+                    await self._follow_remote(group)
+                pause = RETRY_PAUSE[0]
+            except Lagged as exc:
+                log.info("%s; re-reading", exc)
+            except grpc.aio.AioRpcError as err:
+                log.debug("group %s watch ended: %s %s", group, err.code().name, err.details())
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, RETRY_PAUSE[1])
+            self._ready[group].clear()
+
+    def _started(self, group: GroupId) -> None:
+        self._ready[group].set()
+        for session in self._sessions:
+            session.offer(Resync(group))
+
+    async def _follow_local(self, group: GroupId) -> None:
+        sub = self._feed.subscribe(group)
+        try:
+            self._started(group)
+            while True:
+                for batch in await sub.next():
+                    self._dispatch(batch)
+        finally:
+            sub.close()
+
+    async def _follow_remote(self, group: GroupId) -> None:
+        target = self._router.leader_hint(group)
+        if target == NO_NODE:
+            target = self._router.any_replica(group)
+        stub = self._router.stub(target)
+        if stub is None:
+            raise Lagged(group)
+        stream = stub.Watch(ipb.WatchRequest(group=group))
+        try:
+            first = True
+            async for event in stream:
+                batch = wire.decode_as(event.batch, FeedBatch)
+                if first:
+                    self._started(group)
+                    first = False
+                self._dispatch(batch)
+        finally:
+            stream.cancel()
+        raise Lagged(group)  # the stream ended: follow again
+
+    # ---- routing events ----------------------------------------------------------------------
+
+    def _dispatch(self, batch: FeedBatch) -> None:
+        self.delivered_batches += 1
+        for event in batch.events:
+            for session in self._interested(event):
+                session.offer(event)
+
+    def _interested(self, event: Event) -> set[ChatSession]:
+        if isinstance(event, MessageCommitted):
+            conv = event.message.conversation
+            found = set(self._by_conv.get(conv, ()))
+            pair = parse_dm(conv)
+            if pair is not None:
+                for user in pair:
+                    found |= self._by_user.get(user, set())
+            return found
+        if isinstance(event, MembershipChanged):
+            found = set(self._by_conv.get(event.channel, ()))
+            return found | self._by_user.get(event.user, set())
+        # RouteChanged: the user's own sessions (a moved session ends) and their contacts.
+        return {s for s in self._sessions if s.user == event.user or s.knows(event.user)}
+
+
+def _discard(index: dict[str, set[ChatSession]], key: str, session: ChatSession) -> None:
+    held = index.get(key)
+    if held is not None:
+        held.discard(session)
+        if not held:
+            del index[key]
