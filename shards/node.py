@@ -105,6 +105,23 @@ def save_map(data_dir: Path, cmap: ClusterMap) -> None:
     tmp.replace(data_dir / MAP_CACHE)
 
 
+APP_FILE = "app"
+
+
+def check_app(data_dir: Path, app: str) -> None:
+    """A data dir serves the application it was created with: a chat node on a ``log`` data
+    dir (or the reverse) would apply the other's entries as garbage, so it is refused."""
+    marker = data_dir / APP_FILE
+    if marker.exists():
+        held = marker.read_text().strip()
+        if held != app:
+            raise NodeStartError(
+                f"data dir {data_dir} holds a {held!r} node's data; start it with --app {held}"
+            )
+        return
+    marker.write_text(app + "\n")
+
+
 def _bind(server: grpc.aio.Server, address: str, what: str) -> None:
     try:
         port = server.add_insecure_port(address)
@@ -145,6 +162,7 @@ class ShardNode:
             )
         except (DataDirMismatch, StorageError) as exc:
             raise NodeStartError(f"data dir {opts.data_dir}: {exc}") from exc
+        check_app(opts.data_dir, opts.app)
         if self.store.recovery.reason:
             log.warning("log recovery cut a damaged tail: %s", self.store.recovery)
         peers = {n.id: n.internal_addr for n in cmap.nodes if n.id != opts.node_id}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +23,9 @@ from cluster.types import GroupId, NodeId
 from dns.clustermap import ClusterMap
 from proto import chat_internal_pb2_grpc as ipb_grpc
 from proto import chat_pb2_grpc as pb_grpc
-from shards.chat.commands import parse_dm
+from shards.chat import queries
+from shards.chat.api import ApiError
+from shards.chat.commands import DropRoute, parse_dm
 from shards.chat.feed import Feed, FeedBatch, FeedingChatState, MessageCommitted
 from shards.chat.followups import FollowUpDrainer
 from shards.chat.hub import PushHub
@@ -32,6 +35,8 @@ from shards.chat.router import ClusterRouter
 from shards.chat.service import ChatService, user_key
 from shards.chat.servicer import ChatServicer, NodeFacts
 from shards.placement import Placement
+
+log = logging.getLogger("shards.chat.app")
 
 
 class MapDirectory:
@@ -111,6 +116,31 @@ class ChatApp:
     def start(self) -> None:
         self.hub.start()
         self._tasks.append(asyncio.create_task(self.drainer.run_forever()))
+        self._tasks.append(asyncio.create_task(self._drop_stale_routes(wall_ms())))
+
+    async def _drop_stale_routes(self, started_ms: int) -> None:
+        """Routes to this node recorded before this process started belong to sessions that
+        died with the previous process: drop them, so Who does not show ghosts. Retried until
+        every group answered (a group may have no quorum yet)."""
+        pending = set(self.router.groups())
+        while pending:
+            for group in sorted(pending):
+                try:
+                    routes = await self.router.query(
+                        group, queries.OnlineRoutes(), linearizable=True
+                    )
+                    stale = [
+                        DropRoute(r.user, r.session_id, int(self.node_id))
+                        for r in routes
+                        if r.gateway_node == self.node_id and r.ms < started_ms
+                    ]
+                    if stale:
+                        await self.router.propose_many(group, stale)
+                    pending.discard(group)
+                except ApiError as exc:
+                    log.info("stale routes of group %s: %s; retrying", group, exc)
+            if pending:
+                await asyncio.sleep(1.0)  # a retry pause, not synchronisation
 
     async def stop(self) -> None:
         for task in self._tasks:

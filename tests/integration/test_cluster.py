@@ -118,6 +118,7 @@ def test_up_again_on_the_same_data_dir_keeps_every_record(make_cluster: ClusterF
         cluster.data_dir, nodes=3, groups=2, rf=3, discovery_replicas=1, base_port=0
     )
     assert again.spec == cluster.spec  # same identity and ports, from cluster.json
+    again.node_args = cluster.node_args
     cluster.children.clear()
     try:
         again.start()
@@ -311,9 +312,11 @@ def test_single_discovery_down_writes_continue_and_map_catches_up(
     assert new != old
 
 
-def _run_node(argv: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+def _run_node(
+    argv: list[str], timeout: float = 30.0, app: str = "log"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shards", *argv],
+        [sys.executable, "-m", "shards", "--app", app, *argv],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -347,6 +350,14 @@ def test_bad_node_configurations_exit_with_a_clear_message(
     )  # fmt: skip
     assert out.returncode != 0
     assert n2.public in out.stderr, out.stderr
+    # A chat node on a data dir made by a log node (the application's data is not interchangeable).
+    out = _run_node(
+        ["--node-id", str(n1.id), "--listen", spare.public, "--internal-listen", spare.internal,
+         "--discovery", discovery, "--data-dir", str(cluster.data_dir / f"node-{n1.id}")],
+        app="chat",
+    )  # fmt: skip
+    assert out.returncode != 0
+    assert "--app log" in out.stderr, out.stderr
     # A data dir of another cluster: a second cluster's node dir used with this discovery.
     other_cluster, _ = make_cluster(nodes=1, groups=1, rf=1)
     other_cluster.wait_for_leaders()
