@@ -113,19 +113,22 @@ class PushHub:
     async def _follow(self, group: GroupId) -> None:
         pause = RETRY_PAUSE[0]
         while True:
+            local = self._router.hosts(group)
             try:
-                if self._router.hosts(group):
+                if local:
                     await self._follow_local(group)
                 else:
                     await self._follow_remote(group)
-                pause = RETRY_PAUSE[0]
             except Lagged as exc:
                 log.info("%s; re-reading", exc)
             except grpc.aio.AioRpcError as err:
-                log.debug("group %s watch ended: %s %s", group, err.code().name, err.details())
+                log.info("group %s watch ended: %s %s", group, err.code().name, err.details())
+            if self._ready[group].is_set():  # it was following: the next attempt starts fresh
+                pause = RETRY_PAUSE[0]
+            self._ready[group].clear()
+            if not local:  # a remote replica may be down: do not hammer the next one
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, RETRY_PAUSE[1])
-            self._ready[group].clear()
 
     def _started(self, group: GroupId) -> None:
         self._ready[group].set()
