@@ -200,7 +200,10 @@ class ChatServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Session(self, request_iterator, context):
-        """The client's live connection: sends in, results and pushed messages and events out. Ends
+        """The client's live connection: sends in, results and pushed messages and events out.
+        Metadata: `authorization: Bearer <token>` and, optionally, `x-session-id: <id>`
+        ([A-Za-z0-9_.-]{1,64}, stable per device): reconnecting with the same id on another node
+        moves the session's route there atomically, and the old stream ends ABORTED. Ends
         UNAUTHENTICATED when the token is revoked, INVALID_ARGUMENT / RESOURCE_EXHAUSTED for a
         malformed frame, UNAVAILABLE when the node shuts down (reconnect anywhere and resume).
         """

@@ -168,9 +168,14 @@ class FeedingChatState(ChatState):
         self._feed = feed
 
     def apply(self, entries: Sequence[Entry]) -> list[object | None]:
-        results = super().apply(entries)
+        self.capture = []
+        try:
+            results = super().apply(entries)
+            stored = {(m.conversation, m.seq): m for m in self.capture}
+        finally:
+            self.capture = None
         if entries:
-            events = self._events(results)
+            events = self._events(results, stored)
             if events:
                 self._feed.publish(FeedBatch(int(self._group), entries[-1].index, events))
         return results
@@ -179,8 +184,11 @@ class FeedingChatState(ChatState):
         super().restore(snapshot)
         self._feed.reset(self._group)
 
-    def _events(self, results: Sequence[object]) -> tuple[Event, ...]:
-        """The events of one applied batch, read back from the state just written. Counts read
+    def _events(
+        self, results: Sequence[object], stored: dict[tuple[str, int], Message]
+    ) -> tuple[Event, ...]:
+        """The events of one applied batch: messages as ``apply`` stored them, the rest read
+        back from the state just written. Counts read
         now include the whole batch, so walking it backwards takes off what later entries of
         the batch added: each event states the log position right after its own entry."""
         later_posts: dict[str, int] = {}
@@ -189,9 +197,9 @@ class FeedingChatState(ChatState):
         out: list[Event] = []
         for result in reversed(results):
             if isinstance(result, Posted) and not result.duplicate:
-                page = self.history(result.conversation, after=result.seq - 1, limit=1)
-                if page.messages:
-                    out.append(MessageCommitted(page.messages[0]))
+                message = stored.get((result.conversation, result.seq))
+                if message is not None:
+                    out.append(MessageCommitted(message))
                 conv = result.conversation
                 later_posts[conv] = later_posts.get(conv, 0) + 1
             elif isinstance(result, Joined | Left):

@@ -120,6 +120,9 @@ class ChatState:
         self._applied = self._load_applied()
         self.restores = 0
         """How many snapshots were restored into this state (for tests and status)."""
+        self.capture: list[Message] | None = None
+        """When a list, every message stored by ``apply`` is appended to it (the push feed
+        reads them from here instead of reading them back from the database)."""
 
     # ---- GroupStateMachine -------------------------------------------------------------------
 
@@ -328,6 +331,10 @@ class ChatState:
                 (seq, hlc.ms, hlc.counter, conv),
             )
         self._remember_key(cmd, seq, index)
+        if self.capture is not None:
+            self.capture.append(
+                Message(conv, seq, cmd.sender, cmd.text, hlc, cmd.idempotency_key)
+            )
         follow_ups: tuple[int, ...] = ()
         if pair is not None and last_seq is None:
             follow_ups = self._open_dm(conv, pair)
