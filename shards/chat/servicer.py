@@ -37,6 +37,8 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 FIRST_FRAME_TIMEOUT: Final = 10.0
+FRAMES_IN_FLIGHT: Final = 16
+"""Client frames of one session handled at once (each waits for its commits)."""
 VERSION: Final = "0.4.0"
 
 
@@ -206,26 +208,42 @@ class ChatServicer(pb_grpc.ChatServicer):
         return frame
 
     async def _read_frames(self, context: Context, session: ChatSession) -> None:
-        """Client frames in order; silence for three heartbeat intervals ends the session."""
+        """Client frames as they come, up to FRAMES_IN_FLIGHT handled at once (a frame waits
+        for its commits; the next one need not wait for it: sends a client awaits one after
+        another are never in two frames at once, so their order holds). Silence for three
+        heartbeat intervals ends the session."""
         idle = 3 * HEARTBEAT_INTERVAL_MS / 1000
         last_check = time.monotonic()
-        while True:
-            try:
-                async with asyncio.timeout(idle):
-                    frame = await context.read()
-            except TimeoutError as exc:
-                raise SessionEnded(
-                    grpc.StatusCode.DEADLINE_EXCEEDED, f"no frame for {idle:.0f} s"
-                ) from exc
-            if frame is EOF:
-                raise SessionEnded(grpc.StatusCode.OK, "the client closed the stream")
-            assert isinstance(frame, pb.ClientFrame)
-            parsed = api.parse_client_frame(frame, session.user, first=False)
-            if time.monotonic() - last_check > HEARTBEAT_INTERVAL_MS / 1000:
-                last_check = time.monotonic()
-                if not await self._svc.still_valid(session.caller):
-                    raise SessionEnded(grpc.StatusCode.UNAUTHENTICATED, "logged out")
+        slots = asyncio.Semaphore(FRAMES_IN_FLIGHT)
+        async with asyncio.TaskGroup() as frames:
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        frame = await context.read()
+                except TimeoutError as exc:
+                    raise SessionEnded(
+                        grpc.StatusCode.DEADLINE_EXCEEDED, f"no frame for {idle:.0f} s"
+                    ) from exc
+                if frame is EOF:
+                    break
+                assert isinstance(frame, pb.ClientFrame)
+                parsed = api.parse_client_frame(frame, session.user, first=False)
+                if time.monotonic() - last_check > HEARTBEAT_INTERVAL_MS / 1000:
+                    last_check = time.monotonic()
+                    if not await self._svc.still_valid(session.caller):
+                        raise SessionEnded(grpc.StatusCode.UNAUTHENTICATED, "logged out")
+                await slots.acquire()
+                frames.create_task(self._answer_frame(session, parsed, slots))
+        raise SessionEnded(grpc.StatusCode.OK, "the client closed the stream")
+
+    @staticmethod
+    async def _answer_frame(
+        session: ChatSession, parsed: api.SessionFrame, slots: asyncio.Semaphore
+    ) -> None:
+        try:
             session.out.put_nowait(await session.handle_frame(parsed))
+        finally:
+            slots.release()
 
     async def _write(
         self, context: Context, session: ChatSession, tasks: list[asyncio.Task[None]]
