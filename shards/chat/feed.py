@@ -24,7 +24,7 @@ from typing import Final
 from cluster.messages import Entry, Snapshot
 from cluster.types import GroupId
 from shards.chat import wire
-from shards.chat.commands import Joined, Left, Posted, RouteDropped, RouteSet
+from shards.chat.commands import ChannelCreated, Joined, Left, Posted, RouteDropped, RouteSet
 from shards.chat.schema import Message
 from shards.chat.state import ChatState
 
@@ -52,7 +52,8 @@ class MembershipChanged:
 @dataclass(frozen=True, slots=True)
 class RouteChanged:
     """A session route of ``user`` was set (``online``) or dropped; ``sessions`` is how many
-    routes the user has after it. ``gateway_node`` is where the session is now (set) or was."""
+    routes the user has after it. ``gateway_node`` is where the session is now (set), 0 for a
+    drop (the drop does not say where the session was)."""
 
     user: str
     session_id: str
@@ -202,18 +203,21 @@ class FeedingChatState(ChatState):
                     out.append(MessageCommitted(message))
                 conv = result.conversation
                 later_posts[conv] = later_posts.get(conv, 0) + 1
-            elif isinstance(result, Joined | Left):
-                joined = isinstance(result, Joined)
-                changed = (
-                    not result.already_member if isinstance(result, Joined) else (result.was_member)
-                )
+            elif isinstance(result, Joined | Left | ChannelCreated):
                 info = self.channel(result.channel)
+                if isinstance(result, ChannelCreated):  # its creator is its first member
+                    changed, joined = not result.duplicate, True
+                    user = info.creator if info is not None else ""
+                elif isinstance(result, Joined):
+                    changed, joined, user = not result.already_member, True, result.user
+                else:
+                    changed, joined, user = result.was_member, False, result.user
                 if not changed or info is None:
                     continue
                 name = info.name
                 count = info.member_count - later_members.get(name, 0)
                 last = info.last_seq - later_posts.get(name, 0)
-                out.append(MembershipChanged(name, result.user, joined, count, last))
+                out.append(MembershipChanged(name, user, joined, count, last))
                 later_members[name] = later_members.get(name, 0) + (1 if joined else -1)
             elif isinstance(result, RouteSet | RouteDropped):
                 if isinstance(result, RouteDropped) and not result.dropped:

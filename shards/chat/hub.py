@@ -37,6 +37,11 @@ RETRY_PAUSE: Final = (0.05, 1.0)
 
 
 @dataclass(frozen=True, slots=True)
+class Superseded:
+    """A newer stream of the same session started on this node: this one must end."""
+
+
+@dataclass(frozen=True, slots=True)
 class Resync:
     """Events of ``group`` may have been missed: re-read its conversations."""
 
@@ -59,6 +64,10 @@ class PushHub:
         self._sessions: set[ChatSession] = set()
         self._by_user: dict[str, set[ChatSession]] = {}
         self._by_conv: dict[str, set[ChatSession]] = {}
+        self._starting: set[ChatSession] = set()
+        """Sessions still reading where they stand: they are offered every message and
+        membership event (and filter them once started), so nothing committed between their
+        start-up read and their ``track`` calls is missed."""
         self._ready: dict[GroupId, asyncio.Event] = {}
         self.delivered_batches = 0
 
@@ -91,11 +100,25 @@ class PushHub:
         self._tasks.clear()
 
     def attach(self, session: ChatSession) -> None:
+        """Start offering ``session`` events. An older stream of the same session on this node
+        (the client reconnected here before that one ended) is told to end."""
+        for older in self._by_user.get(session.user, set()):
+            if older.session_id == session.session_id:
+                older.offer(Superseded())
         self._sessions.add(session)
+        self._starting.add(session)
         self._by_user.setdefault(session.user, set()).add(session)
+
+    def started(self, session: ChatSession) -> None:
+        """``session`` tracks its conversations now: route it only what concerns it."""
+        self._starting.discard(session)
+
+    def has_session(self, user: str, session_id: str) -> bool:
+        return any(s.session_id == session_id for s in self._by_user.get(user, set()))
 
     def detach(self, session: ChatSession) -> None:
         self._sessions.discard(session)
+        self._starting.discard(session)
         _discard(self._by_user, session.user, session)
         for conv in session.tracked():
             _discard(self._by_conv, conv, session)
@@ -176,14 +199,14 @@ class PushHub:
     def _interested(self, event: Event) -> set[ChatSession]:
         if isinstance(event, MessageCommitted):
             conv = event.message.conversation
-            found = set(self._by_conv.get(conv, ()))
+            found = self._starting | self._by_conv.get(conv, set())
             pair = parse_dm(conv)
             if pair is not None:
                 for user in pair:
                     found |= self._by_user.get(user, set())
             return found
         if isinstance(event, MembershipChanged):
-            found = set(self._by_conv.get(event.channel, ()))
+            found = self._starting | self._by_conv.get(event.channel, set())
             return found | self._by_user.get(event.user, set())
         # RouteChanged: the user's own sessions (a moved session ends) and their contacts.
         return {s for s in self._sessions if s.user == event.user or s.knows(event.user)}

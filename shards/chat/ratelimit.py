@@ -60,6 +60,21 @@ class SendRateLimiter:
             return 0
         return max(1, math.ceil((n - bucket.tokens) / self.rate * 1000))
 
+    def take_up_to(self, user: str, n: int) -> tuple[int, int]:
+        """Take as many of ``n`` sends as the bucket allows now: (granted, milliseconds until
+        the next one may go, 0 when all were granted). A frame larger than the burst is thus
+        served in parts instead of never."""
+        if self.rate <= 0 or n <= 0:
+            return max(n, 0), 0
+        self.take(user, 0)  # refill
+        bucket = self._buckets[user]
+        granted = min(n, int(bucket.tokens + 1e-9))  # 4.999999 tokens are 5 (float refill)
+        bucket.tokens -= granted
+        if granted == n:
+            return n, 0
+        missing = max(0.0, 1 - bucket.tokens)
+        return granted, max(1, math.ceil(missing / self.rate * 1000 - 1e-9))
+
     def _forget_full(self, now: float) -> None:
         for user, b in list(self._buckets.items()):
             if b.tokens + (now - b.at) * self.rate >= self.burst:

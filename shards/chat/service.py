@@ -293,12 +293,15 @@ class ChatService:
         """RESOURCE_EXHAUSTED with the wait in ``x-retry-after-ms`` past the user's rate."""
         wait_ms = self.limiter.take(user, n)
         if wait_ms:
-            raise ApiError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                field or "text",
-                f"{user!r} sends faster than {self.limiter.rate:g}/s; retry in {wait_ms} ms",
-                retry_after_ms=wait_ms,
-            )
+            raise self.rate_error(wait_ms, field)
+
+    def rate_error(self, wait_ms: int, field: str) -> ApiError:
+        return ApiError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            field or "text",
+            f"sends faster than {self.limiter.rate:g}/s; retry in {wait_ms} ms",
+            retry_after_ms=wait_ms,
+        )
 
     async def check_dm_peer(self, intent: api.SendIntent) -> None:
         """A DM's other participant must exist (NOT_FOUND naming the request field)."""

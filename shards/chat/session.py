@@ -11,11 +11,12 @@ order with no gap and no duplicate, from the client's cursors on. How it is kept
 - A ``Resync`` (the hub restarted following a group) re-reads every conversation of the group
   and picks up conversations the user entered meanwhile.
 
-Frames from the client are handled one after another by the reader: a frame's sends become one
-proposal batch per owning group (the cost is per gRPC message and per proposal round, not per
-send), so order between frames holds. The route (user, session id) -> this node is recorded in
-the user's group when the session starts; when the same session id is routed to another node
-(the client reconnected elsewhere) this stream ends, so messages go to the new place only.
+A frame's sends become one proposal batch per owning group (the cost is per gRPC message and
+per proposal round, not per send); the servicer handles several frames at once, which keeps
+order for sends a client awaits one after another (never in two frames at once). The route
+(user, session id) -> this node is recorded in the user's group when the session starts; when
+the same session id is routed to another node (the client reconnected elsewhere) this stream
+ends, so messages go to the new place only.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from shards.chat.commands import (
     parse_dm,
 )
 from shards.chat.feed import MembershipChanged, MessageCommitted, RouteChanged
-from shards.chat.hub import Resync
+from shards.chat.hub import Resync, Superseded
 from shards.chat.schema import Message
 from shards.chat.service import Caller, ChatService
 
@@ -62,7 +63,7 @@ CATCH_UP_LIMIT: Final = 500
 """Messages one catch-up read returns; more are read in further rounds."""
 SESSION_ID_HEADER: Final = "x-session-id"
 
-Item = MessageCommitted | MembershipChanged | RouteChanged | Resync
+Item = MessageCommitted | MembershipChanged | RouteChanged | Resync | Superseded
 
 
 class SessionEnded(Exception):
@@ -167,6 +168,7 @@ class ChatSession:
                 )
             )
         )
+        self._hub.started(self)
         if replay:
             frame = pb.ServerFrame()
             await self._catch_up(replay, frame)
@@ -175,6 +177,8 @@ class ChatSession:
     async def stop(self) -> None:
         """Detach and drop the route (only if it still points here: it may have moved)."""
         self._hub.detach(self)
+        if self._hub.has_session(self.user, self.session_id):
+            return  # a newer stream of this session on this node owns the route now
         drop = DropRoute(self.user, self.session_id, int(self.node_id))
         try:
             await self._svc.router.propose(self._svc.user_group(self.user), drop)
@@ -200,7 +204,12 @@ class ChatSession:
         elif isinstance(item, MembershipChanged):
             await self._on_membership(item, frame)
         elif isinstance(item, RouteChanged):
-            self._on_route(item, frame)
+            await self._on_route(item, frame)
+        elif isinstance(item, Superseded):
+            raise SessionEnded(
+                grpc.StatusCode.ABORTED,
+                f"session {self.session_id} reconnected to this node on a newer stream",
+            )
         else:
             await self._resync(item.group, frame)
 
@@ -242,7 +251,7 @@ class ChatSession:
                 )
             )
 
-    def _on_route(self, ev: RouteChanged, frame: pb.ServerFrame) -> None:
+    async def _on_route(self, ev: RouteChanged, frame: pb.ServerFrame) -> None:
         if ev.user == self.user and ev.session_id == self.session_id:
             if ev.online and ev.gateway_node != int(self.node_id):
                 raise SessionEnded(
@@ -258,7 +267,7 @@ class ChatSession:
             frame.presence.append(
                 pb.PresenceEvent(
                     user=ev.user,
-                    display_name=self._displays.get(ev.user, ""),
+                    display_name=await self._display(ev.user),
                     online=ev.online,
                     node_id=ev.gateway_node,
                 )
@@ -270,9 +279,16 @@ class ChatSession:
         found = await self._svc.router.query(
             group, queries.ConversationsOf(self.user), linearizable=True
         )
+        held_here = {r.conversation for r in found}
+        for conv in list(self._cursors):  # channels left while events were missed
+            mine = parse_dm(conv) is None and self._svc.conversation_group(conv) == group
+            if mine and conv not in held_here:
+                self._untrack(conv)
         for ref in found:
             if ref.last_seq is None or ref.conversation in self._cursors:
                 continue
+            # Entered while events were missed. A DM is new: all of it. A channel is followed
+            # from now (where the user joined is not recorded); History has the rest.
             self._track(ref.conversation, 0 if ref.peer else ref.last_seq)
         mine = {
             c: cur for c, cur in self._cursors.items() if self._svc.conversation_group(c) == group
@@ -371,12 +387,10 @@ class ChatSession:
             else:
                 valid.append((i, send))
         if valid:
-            try:
-                self._svc.check_rate(self.user, len(valid), "sends")
-            except ApiError as exc:
-                for i, _ in valid:
-                    outcome[i] = exc
-                valid = []
+            granted, wait_ms = self._svc.limiter.take_up_to(self.user, len(valid))
+            for i, _ in valid[granted:]:  # over the rate: these fail alone, the rest go
+                outcome[i] = self._svc.rate_error(wait_ms, f"sends[{i}]")
+            valid = valid[:granted]
         by_group: dict[GroupId, list[tuple[int, SendIntent]]] = {}
         now = self._svc.clock()
         for i, intent in valid:

@@ -50,13 +50,17 @@ def _is_namedtuple(value: object) -> bool:
 def _enc(value: object) -> object:
     if value is None or isinstance(value, bool | int | str):
         return value
+    name = type(value).__name__
     if isinstance(value, enum.Enum):
-        return {"e": type(value).__name__, "v": value.value}
+        _check_registered(_ENUMS, name, value)
+        return {"e": name, "v": value.value}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        _check_registered(_TYPES, name, value)
         fields = [_enc(getattr(value, f.name)) for f in dataclasses.fields(value)]
-        return {"c": type(value).__name__, "f": fields}
+        return {"c": name, "f": fields}
     if _is_namedtuple(value):
-        return {"c": type(value).__name__, "f": [_enc(v) for v in value]}  # type: ignore[attr-defined]
+        _check_registered(_TYPES, name, value)
+        return {"c": name, "f": [_enc(v) for v in value]}  # type: ignore[attr-defined]
     if isinstance(value, list):
         return [_enc(v) for v in value]
     if isinstance(value, tuple):
@@ -66,6 +70,11 @@ def _enc(value: object) -> object:
             raise TypeError("only dicts with str keys go on the wire")
         return {"d": {k: _enc(v) for k, v in value.items()}}
     raise TypeError(f"{type(value).__name__} does not go on the wire")
+
+
+def _check_registered(table: dict[str, Any], name: str, value: object) -> None:
+    if table.get(name) is not type(value):
+        raise TypeError(f"{type(value).__qualname__} is not a registered wire type")
 
 
 def _dec(raw: object) -> object:
@@ -106,10 +115,11 @@ def encode(value: object) -> bytes:
 def decode(data: bytes) -> object:
     """The value ``data`` encodes; WireError if it is not one."""
     try:
-        raw = json.loads(data)
+        return _dec(json.loads(data))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise WireError(f"not JSON: {exc}") from exc
-    return _dec(raw)
+    except RecursionError as exc:
+        raise WireError("nested too deeply") from exc
 
 
 def decode_as(data: bytes, cls: type[T]) -> T:
