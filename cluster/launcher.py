@@ -29,6 +29,8 @@ import grpc
 
 from proto import discovery_pb2 as dpb
 from proto import discovery_pb2_grpc as dpb_grpc
+from proto import node_pb2 as npb
+from proto import node_pb2_grpc as npb_grpc
 
 T = TypeVar("T")
 CLUSTER_FILE = "cluster.json"
@@ -337,7 +339,7 @@ class LocalCluster:
         cmap = self.get_map(timeout)
         while time.monotonic() < deadline:
             cmap = self.get_map(max(0.5, deadline - time.monotonic()))
-            if cmap.groups and all(g.leader for g in cmap.groups):
+            if cmap.groups and all(g.leader for g in cmap.groups) and self._leaders_confirmed():
                 return cmap
             for ep in self.spec.nodes:
                 child = self.children.get(f"node-{ep.id}")
@@ -349,6 +351,21 @@ class LocalCluster:
             time.sleep(0.05)  # poll interval
         missing = [g.group for g in cmap.groups if not g.leader]
         raise LaunchError(f"groups {missing} have no leader after {timeout:.0f} s")
+
+    def _leaders_confirmed(self) -> bool:
+        """Whether every group has a replica that says it leads, asked on the nodes' admin
+        API. Discovery's map alone is not enough after a restart: it still holds the leaders
+        reported before, while the restarted nodes are not even listening yet."""
+        leading: set[int] = set()
+        for ep in self.spec.nodes:
+            with grpc.insecure_channel(ep.public) as channel:
+                admin = npb_grpc.NodeAdminStub(channel)  # type: ignore[no-untyped-call]
+                try:
+                    status = admin.Status(npb.StatusRequest(), timeout=1.0)
+                except grpc.RpcError:
+                    continue  # not up yet (or down): its groups are led elsewhere or not yet
+            leading.update(g.group for g in status.groups if g.role == "leader")
+        return leading >= set(range(self.spec.groups))
 
     def stop(self) -> None:
         for child in self.children.values():
