@@ -84,7 +84,7 @@ class ClientOptions:
     cannot eat the whole call; also how long a node may take to resume a session."""
     backoff_base: float = 0.05
     backoff_cap: float = 2.0
-    max_frames_in_flight: int = 8
+    max_frames_in_flight: int = 4
     """Session frames of sends awaiting results before further sends wait (and coalesce)."""
     event_buffer: int = 100_000
     """Session events kept for a slow consumer; the oldest beyond are dropped and counted."""

@@ -45,6 +45,11 @@ DEFAULT_BUDGET: Final = 5.0
 ATTEMPT_TIMEOUT: Final = 2.0
 """Seconds one attempt may take, so one hung node cannot eat the whole budget."""
 RETRY_PAUSE: Final = (0.02, 0.2)
+FORWARDS_IN_FLIGHT: Final = 4
+"""``ChatInternal.Propose`` calls in flight per (group, leader); proposals arriving while they
+are all busy wait and go together in the next one."""
+MAX_FORWARD_BATCH: Final = 1024
+"""Commands in one forwarded batch (the internal servicer's limit)."""
 """Pause between attempts grows from the first to the second value (an election takes ~0.5 s)."""
 
 
@@ -85,6 +90,7 @@ class ClusterRouter:
         self._budget = budget
         self._rng = rng or random.Random(node_id)
         self._hints: dict[GroupId, NodeId] = {}
+        self._batchers: dict[tuple[GroupId, NodeId], _ForwardBatcher] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     # ---- Router ------------------------------------------------------------------------------
@@ -195,6 +201,15 @@ class ClusterRouter:
     ) -> list[object]:
         if target == self._me and self.hosts(group):
             return await self._propose_here(group, data, timeout)
+        batcher = self._batchers.get((group, target))
+        if batcher is None:
+            batcher = self._batchers[(group, target)] = _ForwardBatcher(self, group, target)
+        return await batcher.submit(data, timeout)
+
+    async def _forward(
+        self, group: GroupId, target: NodeId, data: Sequence[bytes], timeout: float
+    ) -> list[object]:
+        """One ``ChatInternal.Propose`` of ``data`` to ``target``."""
         request = ipb.ProposeRequest(group=group, commands=data, timeout_ms=int(timeout * 1000))
         reply = await self._call(target, "Propose", request, timeout)
         assert isinstance(reply, ipb.ProposeResponse)
@@ -282,3 +297,67 @@ class ClusterRouter:
             channel = grpc.aio.insecure_channel(status.internal_addr, options=CHANNEL_OPTIONS)
             self._channels[status.internal_addr] = channel
         return ipb_grpc.ChatInternalStub(channel)  # type: ignore[no-untyped-call]
+
+
+class _ForwardBatcher:
+    """Coalesces the proposals a gateway forwards to one leader for one group. The cost of a
+    forwarded proposal is mostly per gRPC call, so while FORWARDS_IN_FLIGHT calls are busy, new
+    proposals (of any session) queue and leave together in the next call: under load the calls
+    per second stay flat while the commands per call grow; with no load nothing waits."""
+
+    def __init__(self, router: ClusterRouter, group: GroupId, target: NodeId) -> None:
+        self._router = router
+        self._group = group
+        self._target = target
+        self._waiting: list[tuple[Sequence[bytes], asyncio.Future[list[object]]]] = []
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak refs
+
+    async def submit(self, data: Sequence[bytes], timeout: float) -> list[object]:
+        future: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((data, future))
+        self._send_some(timeout)
+        return await future
+
+    def _send_some(self, timeout: float) -> None:
+        while self._waiting and self._in_flight < FORWARDS_IN_FLIGHT:
+            batch: list[tuple[Sequence[bytes], asyncio.Future[list[object]]]] = []
+            size = 0
+            while self._waiting and (
+                not batch or size + len(self._waiting[0][0]) <= MAX_FORWARD_BATCH
+            ):
+                item = self._waiting.pop(0)
+                if item[1].cancelled():
+                    continue
+                batch.append(item)
+                size += len(item[0])
+            if not batch:
+                return
+            self._in_flight += 1
+            task = asyncio.get_running_loop().create_task(self._send(batch, timeout))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _send(
+        self,
+        batch: list[tuple[Sequence[bytes], asyncio.Future[list[object]]]],
+        timeout: float,
+    ) -> None:
+        try:
+            flat = [d for data, _ in batch for d in data]
+            results = await self._router._forward(self._group, self._target, flat, timeout)
+        except BaseException as exc:  # every waiter sees the failure and retries on its own
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+        else:
+            at = 0
+            for data, future in batch:
+                if not future.done():
+                    future.set_result(results[at : at + len(data)])
+                at += len(data)
+        finally:
+            self._in_flight -= 1
+            self._send_some(timeout)
