@@ -443,6 +443,9 @@ def run_up(
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:
+        # A second Ctrl-C (or the terminal's SIGINT reaching us twice) must not cut the
+        # orderly stop short and leave children behind.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         cluster.stop()
     print("stopped; run the same command again to restart with all data")
     return 0
