@@ -281,8 +281,8 @@ class ChatSession:
         )
         held_here = {r.conversation for r in found}
         for conv in list(self._cursors):  # channels left while events were missed
-            mine = parse_dm(conv) is None and self._svc.conversation_group(conv) == group
-            if mine and conv not in held_here:
+            channel_here = parse_dm(conv) is None and self._svc.conversation_group(conv) == group
+            if channel_here and conv not in held_here:
                 self._untrack(conv)
         for ref in found:
             if ref.last_seq is None or ref.conversation in self._cursors:
