@@ -92,7 +92,7 @@ def describe_snapshot_meta(meta: SnapshotMeta) -> str:
 
 
 def describe_snapshot(snapshot: Snapshot) -> str:
-    return f"Snapshot {describe_snapshot_meta(snapshot.meta)} size={len(snapshot.data)}"
+    return f"Snapshot {describe_snapshot_meta(snapshot.meta)} size={len(snapshot.content)}"
 
 
 def describe_soft_state(ss: SoftState) -> str:

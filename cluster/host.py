@@ -24,7 +24,16 @@ thread is in fsync the event loop keeps accepting RPCs and peer batches — it o
 so the next round carries everything that arrived meanwhile under one fsync. Without that, the
 loop blocked in fsync saw one proposal per round (measured: 1 entry per fsync, ~250 writes/s).
 Nothing touches the replicas or the store until the fsync returns; ``stop`` waits for it.
-Taking a snapshot still copies a state machine's database on the loop (fine at today's sizes).
+
+Snapshots never sit in memory: a state machine writes its snapshot into a scratch file of the
+store's directory, the store copies it into a staged snapshot file, and the replica keeps (and
+sends chunks from) a view of that file; a follower's replica writes incoming chunks straight into
+a staged file (``LogStore.receive_snapshot``), and the state machine restores from a view of it.
+Memory per snapshot is one chunk. Taking a snapshot still runs on the loop, though: the state
+machine's copy (SQLite's backup API) and the store's copy are disk-speed, so a large database
+stalls this node's groups for that long (heartbeats included) once every ``compact_after``
+entries. Moving it to a thread needs a second database connection reading a consistent state
+at exactly the applied index; not done yet.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -45,7 +55,8 @@ from cluster.errors import NotLeader, ProposalDropped, RaftError
 from cluster.messages import Entry, Message, Snapshot, SnapshotMeta
 from cluster.raft import Replica
 from cluster.ready import Role
-from cluster.statemachine import GroupStateMachine
+from cluster.snapshotfile import SnapshotFile
+from cluster.statemachine import FileSnapshots, GroupStateMachine
 from cluster.storage import LogStore
 from cluster.transport import Transport
 from cluster.types import NO_NODE, GroupId, NodeId
@@ -173,6 +184,28 @@ class _Applier:
         self._host._restore(group, snapshot)
 
 
+def take_snapshot(
+    store: LogStore, group: GroupId, sm: GroupStateMachine, meta: SnapshotMeta
+) -> Snapshot:
+    """``sm``'s snapshot at ``meta.index`` (its applied index), staged in ``store``: the
+    returned snapshot is a view of a file whatever kind of state machine ``sm`` is, ready for
+    ``NodeDriver.compact``. A file-writing state machine writes into a scratch file of the
+    store's directory, which the store copies and this deletes."""
+    if not isinstance(sm, FileSnapshots):
+        return store.stage_snapshot(group, meta, sm.snapshot())  # small by design
+    scratch = store.scratch_path(group)
+    try:
+        sm.snapshot_to(scratch)
+        written = SnapshotFile.open(scratch)
+        try:
+            return store.stage_snapshot(group, meta, written)
+        finally:
+            written.close()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+
+
 class NodeHost:
     """Hosts replicas of many groups on one node; see the module docstring for the loop.
 
@@ -274,7 +307,8 @@ class NodeHost:
         rng = random.Random(
             None if self._rng_seed is None else f"{self._rng_seed}/{self.node_id}/{group}"
         )
-        replica = Replica(config, rng, stored, applied=applied)
+        sink = functools.partial(self._store.receive_snapshot, group)
+        replica = Replica(config, rng, stored, applied=applied, snapshot_sink=sink)
         self._driver.add(replica)
         self._groups[group] = _Group(group, replica, state_machine, voters)
         self._wake.set()
@@ -575,8 +609,8 @@ class NodeHost:
             term = g.replica.term_at(applied)
             if term is None:
                 continue
-            data = g.sm.snapshot()
-            self._driver.compact(group, Snapshot(SnapshotMeta(applied, term, g.voters), data))
+            meta = SnapshotMeta(applied, term, g.voters)
+            self._driver.compact(group, take_snapshot(self._store, group, g.sm, meta))
             g.snapshot_index = applied
             self._snapshots += 1
 

@@ -264,7 +264,7 @@ class LeaderRole:
                 meta=snapshot.meta,
                 offset=offset,
                 data=chunk,
-                total_size=len(snapshot.data),
+                total_size=len(snapshot.content),
                 done=done,
             )
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Protocol
 
 from cluster.types import NO_NODE, GroupId, NodeId
 
@@ -49,12 +50,35 @@ class SnapshotMeta:
     voters: tuple[NodeId, ...] = ()
 
 
+class SnapshotData(Protocol):
+    """The bytes of a snapshot, read one slice at a time: what Raft holds, sends and stores.
+
+    Why not plain ``bytes``: a snapshot is a copy of a whole database, and a replica keeps its
+    latest one for as long as a lagging follower may need it. Everything the core does with it
+    is ``len()`` and ``data[offset : offset + n]`` for one chunk, so ``bytes`` is one
+    implementation (the simulation, scripted tests, small states) and
+    ``cluster.snapshotfile.SnapshotFile``, a region of a file read with ``pread``, is the other:
+    memory per snapshot is then one chunk, whatever the database's size. Implementations are
+    immutable; slices are clamped like ``bytes`` slices (no step)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, key: slice, /) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The state machine's state at ``meta.index``; ``data`` is opaque to Raft."""
+    """The state machine's state at ``meta.index``; ``content`` is opaque to Raft."""
 
     meta: SnapshotMeta
-    data: bytes = b""
+    content: SnapshotData = b""
+
+    @property
+    def data(self) -> bytes:
+        """The whole content in memory. Only for states known to be small (discovery's map,
+        tests, the simulation); the cluster itself never calls it, a large state machine reads
+        ``content`` a slice at a time instead."""
+        return self.content[0 : len(self.content)]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ from cluster.progress import Progress, ProgressStatus
 from cluster.quorum import VoteResult, majority, vote_result
 from cluster.readonly import ReadOnlyQueue
 from cluster.ready import ReadState, Ready, Role, SoftState
-from cluster.snapshot import SnapshotReceiver
+from cluster.snapshot import SinkFactory, SnapshotReceiver
 from cluster.types import NO_NODE, GroupId, NodeId
 
 if TYPE_CHECKING:
@@ -74,6 +74,7 @@ class Replica(LeaderRole):
         rng: random.Random,
         stored: StoredState | None = None,
         applied: int = 0,
+        snapshot_sink: SinkFactory | None = None,
     ) -> None:
         stored = stored or StoredState()
         self.config = config
@@ -110,7 +111,7 @@ class Replica(LeaderRole):
         self._read_round_pending = False
         self._transfer_elapsed = 0
         # Follower state.
-        self._incoming = SnapshotReceiver()
+        self._incoming = SnapshotReceiver(snapshot_sink)  # chunks go to memory unless told
         self._reset_timeout()
 
     # ---- read-only properties ------------------------------------------------------------

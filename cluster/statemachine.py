@@ -3,7 +3,11 @@
 ``GroupStateMachine`` is the contract between the node host (``cluster.host``) and one group's
 application state. The host hands it committed entries in log order, exactly once per index as
 far as the state machine's own ``applied_index`` says, and routes each entry's result back to the
-``propose()`` call that created it.
+``propose()`` call that created it. It comes in two kinds, told apart by how a snapshot is
+taken: ``FileSnapshots`` write it to a file the host names (SQLite states, which grow with
+history: their snapshot never exists in memory), ``BytesSnapshots`` return it as bytes (states
+small by design, such as discovery's cluster map). Either way the host keeps and sends a file,
+and ``restore`` is handed a ``Snapshot`` whose content is read a slice at a time.
 
 ``LogStateMachine`` is a replicated append-only log of opaque records kept in SQLite. It is what
 the shard node runs until the chat state machine exists, and what the host's tests compare across
@@ -20,19 +24,23 @@ state machine from that snapshot first.)
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeAlias, runtime_checkable
 
-from cluster.messages import Entry, EntryKind, Snapshot
+from cluster.messages import Entry, EntryKind, Snapshot, SnapshotData
+from cluster.snapshot import iter_chunks
 
 _SQLITE_HEADER_WRITE_VERSION = 18
-"""Bytes 18 and 19 of an SQLite file say rollback journal (1) or WAL (2); see ``snapshot()``."""
+"""Bytes 18 and 19 of an SQLite file say rollback journal (1) or WAL (2); see ``sqlite_restore``."""
 
 
-class GroupStateMachine(Protocol):
-    """One group's application state on one node. Called only from the host's loop."""
+class StateMachineBase(Protocol):
+    """What every group state machine does; see ``GroupStateMachine`` for the two ways of
+    taking a snapshot. Called only from the host's loop."""
 
     def applied_index(self) -> int:
         """The last log index whose effects this state machine holds (0 when empty). Durable
@@ -47,14 +55,88 @@ class GroupStateMachine(Protocol):
         and must not be applied twice."""
         ...
 
-    def snapshot(self) -> bytes:
-        """A consistent copy of the whole state at ``applied_index()``, as opaque bytes."""
+    def restore(self, snapshot: Snapshot) -> None:
+        """Replace the whole state by the one ``snapshot.content`` holds (empty content: the
+        state before any entry); afterwards ``applied_index()`` is ``snapshot.meta.index``.
+        The content is usually a view of a file as large as the state: read it a slice at a
+        time (``cluster.snapshot.iter_chunks``), unless the state is small by design
+        (``snapshot.data`` reads it whole)."""
         ...
 
-    def restore(self, snapshot: Snapshot) -> None:
-        """Replace the whole state by ``snapshot.data``; afterwards ``applied_index()`` is
-        ``snapshot.meta.index``."""
+
+@runtime_checkable
+class FileSnapshots(StateMachineBase, Protocol):
+    """A state machine whose state lives on disk and may grow without bound (SQLite): its
+    snapshot is written to a file, never built in memory."""
+
+    def snapshot_to(self, path: Path) -> None:
+        """Write a consistent copy of the whole state at ``applied_index()`` into a new file at
+        ``path`` (the caller's: it copies the file into its store, then deletes it). The bytes
+        of that file are what ``restore`` is later handed, on this node or another."""
         ...
+
+
+class BytesSnapshots(StateMachineBase, Protocol):
+    """A state machine whose state is small by design (discovery's cluster map)."""
+
+    def snapshot(self) -> bytes:
+        """A consistent copy of the whole state at ``applied_index()``, as opaque bytes. It is
+        built in memory (the host writes it to a file at once): only for small states."""
+        ...
+
+
+GroupStateMachine: TypeAlias = FileSnapshots | BytesSnapshots
+"""The contract between the node host and one group's application state: one of the two."""
+
+
+def sqlite_snapshot_to(conn: sqlite3.Connection, path: Path) -> None:
+    """A consistent copy of ``conn``'s database in a new file at ``path``, made with the backup
+    API (pages go through SQLite's page cache, never the whole database through Python; nothing
+    else may write on ``conn`` meanwhile, which the host's single loop guarantees). The copy is
+    switched to rollback-journal mode, so it is one self-contained file with no ``-wal``."""
+    dst = sqlite3.connect(path, isolation_level=None)
+    try:
+        dst.execute("PRAGMA synchronous=OFF")  # the store fsyncs its own copy of the file
+        conn.backup(dst)
+        dst.execute("PRAGMA journal_mode=DELETE")
+    finally:
+        dst.close()
+
+
+def sqlite_restore(
+    conn: sqlite3.Connection,
+    data: SnapshotData,
+    scratch: Path,
+    create_schema: Callable[[sqlite3.Connection], None],
+) -> None:
+    """Replace ``conn``'s whole database by the database file ``data`` holds (empty: a
+    database with just ``create_schema``'s tables), leaving it in WAL mode. ``data`` is
+    written a chunk at a time to ``scratch`` (deleted afterwards), which is opened read-only and
+    copied into ``conn`` with the backup API: memory stays one chunk whatever the size.
+
+    A file whose header says WAL is marked rollback first (bytes 18-19): opened without its
+    ``-wal`` it is complete, but SQLite would look for one."""
+    if len(data) == 0:
+        src = sqlite3.connect(":memory:", isolation_level=None)
+        create_schema(src)
+    else:
+        with open(scratch, "wb") as f:
+            for chunk in iter_chunks(data):
+                f.write(chunk)
+            here = _SQLITE_HEADER_WRITE_VERSION
+            if data[here : here + 2] == b"\x02\x02":
+                f.seek(here)
+                f.write(b"\x01\x01")
+        src = sqlite3.connect(
+            f"{scratch.resolve().as_uri()}?mode=ro&immutable=1", uri=True, isolation_level=None
+        )
+    try:
+        src.backup(conn)
+    finally:
+        src.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
+    conn.execute("PRAGMA journal_mode=WAL")
 
 
 class LogStateMachine:
@@ -113,31 +195,13 @@ class LogStateMachine:
         self._applied, self._count = applied, count
         return results
 
-    def snapshot(self) -> bytes:
-        """The database as one SQLite image, copied with the backup API (a consistent read).
-
-        The image's header still says WAL mode, and SQLite refuses to deserialize a WAL image
-        into memory; bytes 18-19 are set to rollback mode, which is all that distinguishes the
-        two formats on page 1."""
-        mem = sqlite3.connect(":memory:", isolation_level=None)
-        try:
-            self._conn.backup(mem)
-            image = bytearray(mem.serialize())
-        finally:
-            mem.close()
-        image[_SQLITE_HEADER_WRITE_VERSION : _SQLITE_HEADER_WRITE_VERSION + 2] = b"\x01\x01"
-        return bytes(image)
+    def snapshot_to(self, path: Path) -> None:
+        """The database copied to ``path`` with the backup API (see ``sqlite_snapshot_to``)."""
+        sqlite_snapshot_to(self._conn, path)
 
     def restore(self, snapshot: Snapshot) -> None:
-        mem = sqlite3.connect(":memory:", isolation_level=None)
-        try:
-            if snapshot.data:
-                mem.deserialize(snapshot.data)
-            else:
-                _create_schema(mem)  # an empty snapshot: the state before any entry
-            mem.backup(self._conn)
-        finally:
-            mem.close()
+        scratch = self._path.with_name(self._path.name + ".restore")
+        sqlite_restore(self._conn, snapshot.content, scratch, _create_schema)
         self._create_schema()
         self._conn.execute("UPDATE meta SET applied_index = ?", (snapshot.meta.index,))
         self._applied, self._count = self._load_marks()

@@ -10,6 +10,7 @@ Data directory layout::
     LOCK                     flock'ed while a store has the directory open
     wal-<seq>.log            log segments (see cluster.wal)
     snap-<n>.snap            one file per live snapshot: a CRC-checked header, then the data
+    *.tmp                    files being written (staged snapshots, scratch); deleted on open
 
 Design decisions:
 
@@ -37,6 +38,14 @@ Design decisions:
   the SNAPSHOT record that points to it is written. Once a :meth:`sync` makes that record durable,
   older snapshot files of the group are deleted, and so is every segment, oldest first, that no
   longer holds a live entry of any group (its state is in the next segment's checkpoint).
+- **Snapshots never sit in memory.** Files are written and checked a chunk at a time
+  (``cluster.snapshotfile``), and :meth:`load` hands back a view of the file, not its bytes.
+  Snapshot data is *staged* into its ``.tmp`` file before Raft sees it: a follower's chunks are
+  written there as they arrive (:meth:`receive_snapshot`), a local snapshot is copied there
+  (:meth:`stage_snapshot`), so the ``Snapshot`` a replica keeps (and sends from) is already a view
+  of that file, and :meth:`save_snapshot` only renames it into place. Data that was not staged
+  here (``bytes``, another file) is copied by ``save_snapshot`` itself. See
+  ``cluster.snapshotfile.SnapshotStaging`` for what becomes of files nobody adopts.
 """
 
 from __future__ import annotations
@@ -52,7 +61,9 @@ from pathlib import Path
 
 from cluster import wal
 from cluster.errors import CorruptLog, DataDirMismatch, StorageError
-from cluster.messages import Entry, HardState, Snapshot, StoredState
+from cluster.messages import Entry, HardState, Snapshot, SnapshotData, SnapshotMeta, StoredState
+from cluster.snapshot import SnapshotSink
+from cluster.snapshotfile import SnapshotStaging, read_snapshot_file
 from cluster.types import GroupId, NodeId
 from cluster.wal import RecordType, SnapshotPointer
 
@@ -128,7 +139,7 @@ class LogStore:
         self._active: wal.SegmentFile | None = None
         self._active_base = 0  # size of the active segment's checkpoint, if written by us
         self._obsolete_snapshots: list[str] = []
-        self._snap_counter = 0
+        self._staging = SnapshotStaging(root, fsync=fsync)
         self._closed = False
         self._failed: StorageError | None = None
         self._fsyncs = 0
@@ -175,7 +186,7 @@ class LogStore:
                 os.unlink(self._root / name)
         snap_numbers = {n: wal.parse_snapshot_file_name(n) for n in names}
         snap_files = {n for n, number in snap_numbers.items() if number is not None}
-        self._snap_counter = max((number or 0 for number in snap_numbers.values()), default=0)
+        self._staging.last_number = max((n or 0 for n in snap_numbers.values()), default=0)
         seqs = sorted(s for s in map(wal.parse_segment_name, names) if s is not None)
         if seqs and seqs != list(range(seqs[0], seqs[-1] + 1)):
             raise CorruptLog(f"log segments are missing: found {seqs}")
@@ -404,14 +415,36 @@ class LogStore:
                 f"group {group}: snapshot at {meta.index} is older than the stored one at "
                 f"{g.snapshot_index}"
             )
-        self._snap_counter += 1
-        name = wal.snapshot_file_name(self._snap_counter)
-        self._write_snapshot_file(name, group, snapshot)
+        name = self._staging.adopt(group, snapshot)  # a rename if staged here, else a copy
         ptr = SnapshotPointer(meta.index, meta.term, tuple(meta.voters), name)
         self._write(RecordType.SNAPSHOT, wal.encode_snapshot(group, ptr, discard_log))
         if g.snapshot is not None:
             self._obsolete_snapshots.append(g.snapshot.name)
         self._apply_snapshot(g, ptr, discard_log)
+
+    def receive_snapshot(self, group: GroupId, meta: SnapshotMeta, total_size: int) -> SnapshotSink:
+        """A sink for a snapshot arriving from the leader in chunks (a runtime gives its replica
+        ``functools.partial(store.receive_snapshot, group)``): the chunks go straight into a
+        staged file, and ``finish()`` returns a view of it that :meth:`save_snapshot` adopts by
+        renaming. ``total_size`` is only a promise of the sender's and is not trusted."""
+        self._known(group)
+        return self._staging.receive(group, meta)
+
+    def stage_snapshot(self, group: GroupId, meta: SnapshotMeta, data: SnapshotData) -> Snapshot:
+        """Copy ``data`` (a local snapshot, e.g. a file a state machine just wrote) into a staged
+        file a chunk at a time, and return the snapshot as a view of it: pass that to
+        :meth:`save_snapshot` (through ``NodeDriver.compact``), which then only renames it."""
+        self._known(group)
+        return self._staging.copy(group, meta, data)
+
+    def scratch_path(self, group: GroupId) -> Path:
+        """A path in the data directory where the application may write a snapshot of
+        ``group`` (it is the caller's to delete; a crash leaves it to :meth:`open`, which deletes
+        every ``.tmp`` file). Any file already there is removed."""
+        path = self._root / f"scratch-{int(group)}{wal.TMP_SUFFIX}"
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return path
 
     def sync(self) -> None:
         """Make everything written so far durable with one fsync, then reclaim space that the
@@ -451,7 +484,8 @@ class LogStore:
 
     @property
     def stats(self) -> StoreStats:
-        fsyncs = self._fsyncs + (self._active.fsyncs if self._active is not None else 0)
+        fsyncs = self._fsyncs + self._staging.fsyncs
+        fsyncs += self._active.fsyncs if self._active is not None else 0
         return StoreStats(fsyncs, self._syncs, self._records, self._bytes, len(self._segments))
 
     @property
@@ -551,6 +585,7 @@ class LogStore:
 
     def _release(self) -> None:
         self._closed = True
+        self._staging.clear()
         if self._active is not None:
             self._fsyncs += self._active.fsyncs
             self._active.close()
@@ -561,24 +596,12 @@ class LogStore:
     # Snapshot files.
     # -----------------------------------------------------------------------------------------
 
-    def _write_snapshot_file(self, name: str, group: GroupId, snapshot: Snapshot) -> None:
-        parts = (wal.encode_snapshot_file_header(group, snapshot), snapshot.data)
-        try:
-            wal.write_atomically(self._root / name, parts, fsync=self._fsync)
-        except OSError as exc:
-            raise StorageError(f"cannot write snapshot file {name}: {exc}") from exc
-        if self._fsync:
-            self._fsyncs += 2
-
     def _read_snapshot(self, group: GroupId, ptr: SnapshotPointer) -> Snapshot:
-        try:
-            raw = (self._root / ptr.name).read_bytes()
-        except OSError as exc:
-            raise CorruptLog(f"snapshot file {ptr.name} is unreadable: {exc}") from exc
-        sgroup, snap = wal.decode_snapshot_file(raw, ptr.name)
-        if (sgroup, snap.meta.index, snap.meta.term) != (group, ptr.index, ptr.term):
+        header, data = read_snapshot_file(self._root / ptr.name)
+        if (header.group, header.meta.index, header.meta.term) != (group, ptr.index, ptr.term):
+            data.close()
             raise CorruptLog(f"snapshot file {ptr.name} does not match its log record")
-        return snap
+        return Snapshot(header.meta, data)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,7 +28,8 @@ included: a wrong length puts the CRC over the wrong bytes) is caught. Payloads 
 ``voters`` is ``u32 n`` followed by ``n`` u64 node ids.
 
 Snapshot files (``snap-<n:016d>.snap``, ``n`` counting up per data directory) are written whole
-or not at all (tmp + fsync + rename + directory fsync)::
+or not at all (tmp + fsync + rename + directory fsync), streamed: the header is reserved, the
+data appended with a running CRC, the header filled in last (``cluster.snapshotfile``)::
 
     magic "RCSNAP01" | u32 group | u64 index | u64 term | u64 data_length | u32 data_crc32 |
     u32 n_voters | n_voters x u64 | u32 crc32 of everything before | data
@@ -49,7 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cluster.errors import CorruptLog, StorageError
-from cluster.messages import Entry, EntryKind, HardState, Snapshot, SnapshotMeta
+from cluster.messages import Entry, EntryKind, HardState, SnapshotMeta
 from cluster.types import GroupId, NodeId
 
 HEADER = struct.Struct("<IIB")
@@ -415,32 +416,56 @@ def parse_snapshot_file_name(name: str) -> int | None:
     return int(digits) if len(digits) == 16 and digits.isdigit() else None
 
 
-def encode_snapshot_file_header(group: GroupId, snapshot: Snapshot) -> bytes:
-    """Everything a snapshot file holds before its data."""
-    meta, data = snapshot.meta, snapshot.data
+@dataclass(frozen=True, slots=True)
+class SnapshotFileHeader:
+    """What a snapshot file says before its data: whose snapshot it is, and how to check it."""
+
+    group: GroupId
+    meta: SnapshotMeta
+    size: int
+    """Bytes of data after the header."""
+    crc: int
+    """crc32 of the data."""
+    data_offset: int
+    """Where the data starts in the file (the header's length)."""
+
+
+SNAPSHOT_HEADER_MAX = 64 << 10
+"""Reading this much of a snapshot file always covers its header (a header this long would
+need thousands of voters)."""
+
+
+def snapshot_file_header_size(n_voters: int) -> int:
+    return _SNAP_HEAD.size + 8 * n_voters + _U32.size
+
+
+def encode_snapshot_file_header(group: GroupId, meta: SnapshotMeta, size: int, crc: int) -> bytes:
+    """Everything a snapshot file holds before its ``size`` bytes of data (crc32 ``crc``). Its
+    length depends only on the number of voters, so a writer can reserve it, stream the data
+    and fill it in last (see ``cluster.snapshotfile``)."""
     n = len(meta.voters)
-    head = _SNAP_HEAD.pack(
-        _SNAP_MAGIC, group, meta.index, meta.term, len(data), zlib.crc32(data), n
-    )
+    head = _SNAP_HEAD.pack(_SNAP_MAGIC, group, meta.index, meta.term, size, crc, n)
     head += struct.pack(f"<{n}Q", *meta.voters)
     return head + _U32.pack(zlib.crc32(head))
 
 
-def decode_snapshot_file(raw: bytes, name: str) -> tuple[GroupId, Snapshot]:
-    """Check both CRCs of a snapshot file's bytes and decode it."""
+def decode_snapshot_file_header(raw: bytes, name: str) -> SnapshotFileHeader:
+    """Check the header CRC of a snapshot file whose first bytes are ``raw`` (at least the
+    header; ``SNAPSHOT_HEADER_MAX`` bytes or the whole file always suffice) and decode it. The
+    data's CRC is the reader's to check, streaming."""
     try:
         magic, group, index, term, size, crc, n = _SNAP_HEAD.unpack_from(raw, 0)
+        if n > (SNAPSHOT_HEADER_MAX - _SNAP_HEAD.size) // 8:
+            raise CorruptLog(f"snapshot file {name} is damaged (claims {n} voters)")
         voters = struct.unpack_from(f"<{n}Q", raw, _SNAP_HEAD.size)
         end = _SNAP_HEAD.size + 8 * n
         (head_crc,) = _U32.unpack_from(raw, end)
     except struct.error as exc:
         raise CorruptLog(f"snapshot file {name} is truncated: {exc}") from exc
-    data = raw[end + 4 :]
-    intact = magic == _SNAP_MAGIC and zlib.crc32(raw[:end]) == head_crc
-    if not intact or len(data) != size or zlib.crc32(data) != crc:
+    if magic != _SNAP_MAGIC or zlib.crc32(raw[:end]) != head_crc:
         raise CorruptLog(f"snapshot file {name} is damaged")
     meta = SnapshotMeta(index, term, tuple(NodeId(v) for v in voters))
-    return GroupId(group), Snapshot(meta, data)
+    return SnapshotFileHeader(GroupId(group), meta, size, crc, end + _U32.size)
 
 
 def write_atomically(path: Path, parts: Sequence[bytes], *, fsync: bool) -> None:

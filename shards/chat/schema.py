@@ -1,4 +1,4 @@
-"""The chat state's SQLite tables: schema, whole-database images (snapshots), row readers, the
+"""The chat state's SQLite tables: schema, whole-database copies (snapshots), row readers, the
 records the queries return, and a canonical dump.
 
 Everything a group holds lives in these tables (nothing in memory), so memory stays flat as
@@ -36,8 +36,11 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, NamedTuple
 
+from cluster.messages import SnapshotData
+from cluster.statemachine import sqlite_restore, sqlite_snapshot_to
 from shards.chat.commands import Hlc
 
 _DDL: Final = (
@@ -99,8 +102,6 @@ the key that orders its rows in :func:`canonical_dump`."""
 
 
 MESSAGE_COLUMNS: Final = "conversation, seq, sender, text, hlc_ms, hlc_counter, idempotency_key"
-_SQLITE_HEADER_WRITE_VERSION: Final = 18
-"""Bytes 18-19 of an SQLite file: 1 = rollback journal, 2 = WAL (see ``database_image``)."""
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
@@ -120,35 +121,17 @@ def canonical_dump(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...
     }
 
 
-def database_image(conn: sqlite3.Connection) -> bytes:
-    """The database of ``conn`` as one SQLite file image, copied with the backup API (a
-    consistent read while nothing else writes on this connection).
-
-    The copy's header still says WAL, and SQLite will not deserialize a WAL image into memory;
-    bytes 18-19 are set to rollback mode, which is all that tells the two formats apart."""
-    mem = sqlite3.connect(":memory:", isolation_level=None)
-    try:
-        conn.backup(mem)
-        image = bytearray(mem.serialize())
-    finally:
-        mem.close()
-    image[_SQLITE_HEADER_WRITE_VERSION : _SQLITE_HEADER_WRITE_VERSION + 2] = b"\x01\x01"
-    return bytes(image)
+def copy_database(conn: sqlite3.Connection, path: Path) -> None:
+    """A consistent copy of the database of ``conn`` in a new file at ``path`` (the backup API,
+    while nothing else writes on this connection): a snapshot, which never passes through
+    memory whole."""
+    sqlite_snapshot_to(conn, path)
 
 
-def load_database_image(conn: sqlite3.Connection, image: bytes) -> None:
-    """Replace the whole database of ``conn`` by ``image`` (empty: a database with the empty
-    schema); the file stays in WAL mode."""
-    mem = sqlite3.connect(":memory:", isolation_level=None)
-    try:
-        if image:
-            mem.deserialize(image)
-        else:
-            create_schema(mem)
-        mem.backup(conn)
-    finally:
-        mem.close()
-    conn.execute("PRAGMA journal_mode=WAL")
+def restore_database(conn: sqlite3.Connection, data: SnapshotData, scratch: Path) -> None:
+    """Replace the whole database of ``conn`` by the database file ``data`` holds (empty: a
+    database with the empty schema), streamed through ``scratch``; the file stays in WAL mode."""
+    sqlite_restore(conn, data, scratch, create_schema)
     create_schema(conn)
 
 

@@ -42,6 +42,7 @@ may read what (DM history only for its participants) and enforces request limits
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -93,11 +94,11 @@ from shards.chat.schema import (
     SyncPage,
     UserRecord,
     canonical_dump,
+    copy_database,
     create_schema,
-    database_image,
-    load_database_image,
     read_channels,
     read_messages,
+    restore_database,
 )
 
 DEDUP_WINDOW: Final = 10_000
@@ -113,7 +114,8 @@ class ChatState:
         if dedup_window < 1:
             raise ValueError("dedup_window must be at least 1")
         self._dedup_window = dedup_window
-        self._conn = sqlite3.connect(Path(path), isolation_level=None, check_same_thread=True)
+        self._path = Path(path)
+        self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         create_schema(self._conn)
@@ -152,14 +154,26 @@ class ChatState:
         self._applied = applied
         return results
 
+    def snapshot_to(self, path: Path) -> None:
+        """The database copied into a new file at ``path`` with the backup API (a consistent
+        read; it never passes through memory whole)."""
+        copy_database(self._conn, path)
+
     def snapshot(self) -> bytes:
-        """The database as one SQLite image, copied with the backup API (a consistent read)."""
-        return database_image(self._conn)
+        """The whole database as bytes, in memory: a convenience for tests and tools. The host
+        never calls it (it takes ``snapshot_to`` from any state machine that has one), so the
+        size of a group's history never turns into memory."""
+        with tempfile.TemporaryDirectory(dir=self._path.parent) as tmp:
+            copy = Path(tmp) / "snapshot.sqlite"
+            self.snapshot_to(copy)
+            return copy.read_bytes()
 
     def restore(self, snapshot: Snapshot) -> None:
-        """Replace the whole state by ``snapshot.data`` (empty data: the state before any
-        entry); afterwards ``applied_index()`` is ``snapshot.meta.index``."""
-        load_database_image(self._conn, snapshot.data)
+        """Replace the whole state by the database ``snapshot.content`` holds (empty: the state
+        before any entry), streamed through a scratch file next to this one; afterwards
+        ``applied_index()`` is ``snapshot.meta.index``."""
+        scratch = self._path.with_name(self._path.name + ".restore")
+        restore_database(self._conn, snapshot.content, scratch)
         self._conn.execute("UPDATE meta SET applied_index = ?", (snapshot.meta.index,))
         self._applied = self._load_applied()
         self.restores += 1

@@ -22,6 +22,7 @@ from cluster.errors import NotLeader, ProposalDropped, RaftError
 from cluster.host import HostStopped, NodeHost, UnknownGroup
 from cluster.messages import Entry, EntryKind, Snapshot, SnapshotMeta
 from cluster.ready import Role
+from cluster.snapshotfile import SnapshotFile
 from cluster.statemachine import LogStateMachine
 from cluster.storage import LogStore
 from cluster.transport import SERVER_OPTIONS, GrpcTransport, add_transport_servicer
@@ -329,16 +330,21 @@ def test_log_state_machine_apply_replay_snapshot_restore(tmp_path: Path) -> None
         assert sm.apply(entries) == [None, 1, 2]
         assert sm.apply(entries[1:]) == [1, 2]  # a replay after a crash changes nothing
         assert (sm.applied_index(), sm.count(), sm.read(1, 10)) == (3, 2, [b"x", b"y"])
-        image = sm.snapshot()
+        sm.snapshot_to(tmp_path / "snap")
         assert sm.apply([Entry(2, 4, b"z")]) == [3]
     finally:
         sm.close()
     other = LogStateMachine(tmp_path / "b.sqlite")
+    image = SnapshotFile.open(tmp_path / "snap")
     try:
         other.apply([Entry(1, 1, b"old")])
         other.restore(Snapshot(SnapshotMeta(3, 1, NODES), image))
         assert (other.applied_index(), other.read(1, 10)) == (3, [b"x", b"y"])
+        assert not (tmp_path / "b.sqlite.restore").exists()  # the scratch copy is gone
+        other.restore(Snapshot(SnapshotMeta(3, 1, NODES), image[0 : len(image)]))  # as bytes
+        assert (other.applied_index(), other.read(1, 10)) == (3, [b"x", b"y"])
     finally:
+        image.close()
         other.close()
     reopened = LogStateMachine(tmp_path / "a.sqlite")  # durable across a reopen
     try:

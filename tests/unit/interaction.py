@@ -467,7 +467,7 @@ class InteractionEnv:
         snapshot = n.sm.snapshot(int(raw_index), n.config.voters)
         n.store.save_snapshot(GROUP, snapshot, discard_log=False)
         replica.compact(snapshot)
-        return f"snapshot {describe_snapshot_meta(snapshot.meta)} size={len(snapshot.data)}"
+        return f"snapshot {describe_snapshot_meta(snapshot.meta)} size={len(snapshot.content)}"
 
     # ---- inspection --------------------------------------------------------------------------
 

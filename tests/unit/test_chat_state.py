@@ -12,7 +12,8 @@ from typing import cast
 import pytest
 
 from cluster.messages import Entry, EntryKind, Snapshot, SnapshotMeta
-from cluster.statemachine import GroupStateMachine
+from cluster.snapshotfile import SnapshotFile
+from cluster.statemachine import FileSnapshots, GroupStateMachine
 from shards.chat import (
     MAX_PAGE,
     AckFollowUp,
@@ -104,6 +105,7 @@ def _rejected(result: object, code: Code, field: str) -> None:
 def test_chat_state_is_a_group_state_machine(rep: Replica) -> None:
     sm: GroupStateMachine = rep.sm
     assert sm.applied_index() == 0
+    assert isinstance(sm, FileSnapshots)  # its snapshots go to a file, never through memory
 
 
 ALL_COMMANDS: list[Command] = [
@@ -664,7 +666,9 @@ def test_snapshot_restores_into_a_fresh_and_into_a_used_replica(
     ten.post(DM, "bob", "d1")
     ten.run(SetRoute("bob", "s", 2, 5), MarkRead("bob", "general", 4))
     meta = SnapshotMeta(index=ten.index, term=1)
-    data = ten.sm.snapshot()
+    ten.sm.snapshot_to(tmp_path / "snapshot")
+    data = SnapshotFile.open(tmp_path / "snapshot")
+    assert data == ten.sm.snapshot()  # the in-memory convenience holds the same bytes
     for name in ("fresh.db", "used.db"):
         other = Replica(tmp_path / name)
         try:

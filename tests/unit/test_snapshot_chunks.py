@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from cluster.messages import Snapshot, SnapshotChunk, SnapshotMeta
-from cluster.snapshot import SnapshotReceiver, cut_chunk
+from cluster.messages import Snapshot, SnapshotChunk, SnapshotData, SnapshotMeta
+from cluster.snapshot import MemorySink, SnapshotReceiver, cut_chunk
 from cluster.types import GroupId, NodeId
 
 META = SnapshotMeta(index=40, term=3, voters=(NodeId(1), NodeId(2), NodeId(3)))
@@ -24,7 +24,7 @@ def _chunk(offset: int, size: int = 50, snap: Snapshot = SNAP) -> SnapshotChunk:
         meta=snap.meta,
         offset=offset,
         data=data,
-        total_size=len(snap.data),
+        total_size=len(snap.content),
         done=done,
     )
 
@@ -64,7 +64,7 @@ def test_random_delivery_never_yields_a_wrong_snapshot(seed: int) -> None:
     acked = 0
     for _ in range(2000):
         # The leader resends from the last ack, sometimes a stale offset, sometimes a dup.
-        offset = acked if rng.random() < 0.7 else rng.randrange(0, len(SNAP.data), 50)
+        offset = acked if rng.random() < 0.7 else rng.randrange(0, len(SNAP.content), 50)
         if rng.random() < 0.2:
             continue  # lost
         result = rx.accept(_chunk(offset))
@@ -73,3 +73,32 @@ def test_random_delivery_never_yields_a_wrong_snapshot(seed: int) -> None:
             return
         acked = result.next_offset
     pytest.fail("the snapshot never completed")
+
+
+class _RecordingSink(MemorySink):
+    """A memory sink that reports what happens to it."""
+
+    def __init__(self, events: list[str], meta: SnapshotMeta, total: int) -> None:
+        super().__init__(meta, total)
+        self._events = events
+        self._events.append(f"open {meta.index} {total}")
+
+    def finish(self) -> SnapshotData:
+        self._events.append("finish")
+        return super().finish()
+
+    def abort(self) -> None:
+        self._events.append("abort")
+        super().abort()
+
+
+def test_every_sink_is_finished_or_aborted_exactly_once() -> None:
+    events: list[str] = []
+    rx = SnapshotReceiver(lambda meta, total: _RecordingSink(events, meta, total))
+    rx.accept(_chunk(0))
+    other = Snapshot(SnapshotMeta(index=50, term=4), b"z" * 120)
+    rx.accept(_chunk(0, snap=other))  # another snapshot starts: the first download is dropped
+    assert events == ["open 40 768", "abort", "open 50 120"]
+    rx.accept(_chunk(0, size=200, snap=other))  # a late duplicate start restarts nothing
+    assert rx.accept(_chunk(50, size=200, snap=other)).complete == other
+    assert events == ["open 40 768", "abort", "open 50 120", "finish"]

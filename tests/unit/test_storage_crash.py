@@ -334,6 +334,84 @@ def test_damaged_compaction_is_corruption_not_a_shorter_log(tmp_path: Path) -> N
 
 
 # ---------------------------------------------------------------------------------------------
+# Snapshot files: written whole or never named, never served damaged.
+# ---------------------------------------------------------------------------------------------
+
+
+def test_a_torn_snapshot_file_is_never_served(tmp_path: Path) -> None:
+    """Snapshot files are renamed into place only once complete, so a torn one means damage:
+    cut at any length (every byte of the header, a stride through the data), it is refused."""
+    orig = tmp_path / "orig"
+    store = open_store(orig)
+    for op in PREFIX:
+        perform(store, op)
+    data = bytes(range(256)) * 40  # 10 KiB: the data's CRC is checked across several reads
+    perform(store, SaveSnapshot(G1, snapshot(7, 1, data), discard_log=False))
+    store.sync()
+    assert store.load(G1).snapshot == snapshot(7, 1, data)
+    store.close()
+    (name,) = (n for n in os.listdir(orig) if n.startswith("snap-"))
+    raw = (orig / name).read_bytes()
+    header = len(raw) - len(data)
+    for cut in [*range(0, header + 2), *range(header + 2, len(raw), 509), len(raw) - 1]:
+        copy = tmp_path / "copy"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(orig, copy)
+        (copy / name).write_bytes(raw[:cut])
+        store = open_store(copy)
+        try:
+            with pytest.raises(CorruptLog, match=name):
+                store.load(G1)
+            assert store.load(G2) == model_of(PREFIX).stored()[G2]  # other groups are served
+        finally:
+            store.close()
+
+
+def test_a_crash_while_snapshots_are_staged_loses_nothing_synced(tmp_path: Path) -> None:
+    """A download half written, one complete but not yet saved, a local snapshot staged: none
+    is in the log, so a crash forgets them all, and opening deletes their files."""
+    store = open_store(tmp_path)
+    for op in CRASH_PREFIX:
+        perform(store, op)
+    store.sync()
+    meta = SnapshotMeta(9, 3, VOTERS)
+    half = store.receive_snapshot(G2, meta, 1000)
+    half.write(b"x" * 500)
+    done = store.receive_snapshot(PIN, meta, 10)
+    done.write(b"y" * 10)
+    assert done.finish() == b"y" * 10
+    staged = store.stage_snapshot(G1, SnapshotMeta(8, 1, VOTERS), b"local")
+    assert staged.content == b"local"
+    assert sum(n.endswith(".tmp") for n in os.listdir(tmp_path)) == 3
+    store.crash(0)
+    store = open_store(tmp_path)
+    try:
+        assert contents(store) == model_of(CRASH_PREFIX).stored()
+        assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+        assert snap_count(tmp_path) == 1
+    finally:
+        store.close()
+
+
+def test_a_saved_snapshot_whose_record_was_lost_is_forgotten(tmp_path: Path) -> None:
+    """The file is renamed into place before its record is written: a crash before the sync
+    leaves a complete file the durable log does not name, which opening deletes."""
+    store = open_store(tmp_path)
+    for op in CRASH_PREFIX:
+        perform(store, op)
+    store.sync()
+    perform(store, SaveSnapshot(G2, snapshot(9, 3, b"g2@9"), discard_log=True))
+    assert snap_count(tmp_path) == 2
+    store.crash(0)
+    store = open_store(tmp_path)
+    try:
+        assert contents(store) == model_of(CRASH_PREFIX).stored()
+        assert snap_count(tmp_path) == 1
+    finally:
+        store.close()
+
+
+# ---------------------------------------------------------------------------------------------
 # LogStore.crash(): what the simulation uses.
 # ---------------------------------------------------------------------------------------------
 
