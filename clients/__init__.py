@@ -1,4 +1,4 @@
-"""The Python client library of raftchat (and, later, the chat CLI ``python -m clients.chat``).
+"""The Python client library of raftchat; the terminal chat client is ``python -m clients.chat``.
 
 Public API (everything a caller needs; nothing here returns protobuf):
 

@@ -36,6 +36,7 @@ QUERY_TYPES: Final = (
     queries.ConversationsOf,
     queries.Members,
     queries.OnlineRoutes,
+    queries.RoutesOf,
     queries.PendingFollowUps,
     queries.DisplayNames,
     queries.CatchUp,

@@ -131,6 +131,16 @@ class OnlineRoutes:
 
 
 @dataclass(frozen=True, slots=True)
+class RoutesOf:
+    """Where ``user``'s sessions are served (their online sessions), by session id."""
+
+    user: str
+
+    def run(self, state: ChatState) -> list[Route]:
+        return state.routes(self.user)
+
+
+@dataclass(frozen=True, slots=True)
 class PendingFollowUps:
     limit: int = 100
 
@@ -195,6 +205,7 @@ wire.register(
     ConversationsOf,
     Members,
     OnlineRoutes,
+    RoutesOf,
     PendingFollowUps,
     DisplayNames,
     CatchUpPage,

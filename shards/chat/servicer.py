@@ -72,6 +72,7 @@ class ChatServicer(pb_grpc.ChatServicer):
         self._hub = hub
         self._host = host
         self._facts = facts
+        self._stopping: set[asyncio.Future[None]] = set()
 
     async def Register(self, request: pb.RegisterRequest, context: Context) -> pb.RegisterResponse:
         return await _answer(context, self._svc.register, request)
@@ -192,7 +193,14 @@ class ChatServicer(pb_grpc.ChatServicer):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             if session is not None:
-                await session.stop()
+                # The handler may be ending because its RPC was cancelled: the route's removal
+                # must not be cancelled with it (a ghost would stay online), so it runs in a
+                # task of its own that the servicer holds until done.
+                stopper = asyncio.ensure_future(session.stop())
+                self._stopping.add(stopper)
+                stopper.add_done_callback(self._stopping.discard)
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(stopper)
 
     async def _first_frame(self, context: Context) -> pb.ClientFrame:
         try:

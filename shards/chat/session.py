@@ -220,7 +220,10 @@ class ChatSession:
             if pair is None or self.user not in pair:
                 return  # a channel this session does not follow (anymore)
             self._track(conv, 0)  # a DM that just began: everything in it is new
-            self._contacts.add(pair[0] if pair[1] == self.user else pair[1])
+            peer = pair[0] if pair[1] == self.user else pair[1]
+            if peer not in self._contacts:
+                self._contacts.add(peer)
+                await self._tell_presence(peer, frame)
         cursor = self._cursors[conv]
         if m.seq <= cursor:
             return
@@ -237,8 +240,9 @@ class ChatSession:
                     await self._learn_members([ev.channel])
             else:
                 self._untrack(ev.channel)
-        elif ev.joined:
+        elif ev.joined and ev.user not in self._contacts:
             self._contacts.add(ev.user)
+            await self._tell_presence(ev.user, frame)
         if ev.channel in self._cursors or ev.user == self.user:
             change = pb.MEMBERSHIP_CHANGE_JOINED if ev.joined else pb.MEMBERSHIP_CHANGE_LEFT
             frame.membership.append(
@@ -270,6 +274,21 @@ class ChatSession:
                     display_name=await self._display(ev.user),
                     online=ev.online,
                     node_id=ev.gateway_node,
+                )
+            )
+
+    async def _tell_presence(self, user: str, frame: pb.ServerFrame) -> None:
+        """A new contact: say whether they are online now (their earlier presence events
+        were not for this session)."""
+        group = self._svc.user_group(user)
+        routes = await self._svc.router.query(group, queries.RoutesOf(user), linearizable=False)
+        if routes:
+            frame.presence.append(
+                pb.PresenceEvent(
+                    user=user,
+                    display_name=await self._display(user),
+                    online=True,
+                    node_id=routes[0].gateway_node,
                 )
             )
 

@@ -573,6 +573,21 @@ def test_presence_carries_the_contacts_display_name(tmp_path: Path) -> None:
     run(tmp_path, body)
 
 
+def test_a_new_contact_who_is_already_online_is_told_at_once(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        await alice_bob_general(w)
+        await w.router.propose(w.user_group("carol"), SetRoute("carol", "c1", 3, MS))
+        h, _ = w.session("alice")
+        await h.start()
+        w.take()  # carol came online before she was alice's contact: no event for alice
+        await w.router.propose(w.group_of("general"), JoinChannel("general", "carol", MS))
+        frames = await h.push(*w.take())
+        presence = [(p.user, p.online, p.node_id) for f in frames for p in f.presence]
+        assert presence == [("carol", True, 3)]
+
+    run(tmp_path, body)
+
+
 def test_the_same_session_routed_to_another_node_ends_the_stream(tmp_path: Path) -> None:
     async def body(w: World) -> None:
         await alice_bob_general(w)
