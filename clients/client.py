@@ -86,6 +86,9 @@ class ClientOptions:
     backoff_cap: float = 2.0
     max_frames_in_flight: int = 4
     """Session frames of sends awaiting results before further sends wait (and coalesce)."""
+    frame_linger: float = 0.005
+    """Seconds a session send waits for others to join its frame while an earlier frame
+    still awaits its results (``clients.session`` says why)."""
     event_buffer: int = 100_000
     """Session events kept for a slow consumer; the oldest beyond are dropped and counted."""
 
@@ -367,6 +370,7 @@ class AsyncChatClient:
         options = SessionOptions(
             attempt_timeout=self._options.attempt_timeout,
             max_frames_in_flight=self._options.max_frames_in_flight,
+            frame_linger=self._options.frame_linger,
             event_buffer=self._options.event_buffer,
         )
         start = dict(self._cursors if cursors is None else cursors)

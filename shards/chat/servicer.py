@@ -39,6 +39,9 @@ Resp = TypeVar("Resp")
 FIRST_FRAME_TIMEOUT: Final = 10.0
 FRAMES_IN_FLIGHT: Final = 16
 """Client frames of one session handled at once (each waits for its commits)."""
+MERGED_FRAME_BYTES: Final = 1 << 20
+"""Queued frames are merged into one stream message up to this size (catch-up pages stay
+apart: a client's default receive limit is 4 MiB)."""
 VERSION: Final = "0.4.0"
 
 
@@ -256,26 +259,72 @@ class ChatServicer(pb_grpc.ChatServicer):
     async def _write(
         self, context: Context, session: ChatSession, tasks: list[asyncio.Task[None]]
     ) -> None:
-        """Write frames until a task ends; its error (if any) ends the stream."""
+        """Write frames until a task ends; its error (if any) ends the stream.
+
+        Frames already queued behind the one taken are merged into it (up to
+        MERGED_FRAME_BYTES) when both hold only send results and pushed messages
+        (``_merges``): the cost of the stream is per gRPC message, and a frame's answers and
+        the pushes of the same commits are usually queued together. Messages keep their order
+        (a conversation's seqs stay ascending); results are matched by key; anything else
+        (resume, presence, membership, gaps, errors, heartbeat echoes) is written as its own
+        frame in queue order."""
+        held: pb.ServerFrame | SessionEnded | None = None
         while True:
-            getter = asyncio.ensure_future(session.out.get())
-            done, _ = await asyncio.wait([getter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                item = getter.result()
-                if isinstance(item, SessionEnded):
-                    raise item
-                await context.write(item)
-                continue
-            getter.cancel()
-            for task in tasks:
-                if task.done():
-                    exc = task.exception()
-                    if isinstance(exc, SessionEnded) and exc.code is grpc.StatusCode.OK:
-                        while not session.out.empty():  # flush what is ready
-                            item = session.out.get_nowait()
-                            if isinstance(item, pb.ServerFrame):
-                                await context.write(item)
-                        return
-                    if exc is not None:
-                        raise exc
+            if held is not None:
+                item, held = held, None
+            else:
+                getter = asyncio.ensure_future(session.out.get())
+                done, _ = await asyncio.wait([getter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    await self._end(context, session, tasks)
                     return
+                item = getter.result()
+            if isinstance(item, SessionEnded):
+                raise item
+            if _merges(item):
+                size = item.ByteSize()
+                while held is None and not session.out.empty():
+                    queued = session.out.get_nowait()
+                    more = queued.ByteSize() if isinstance(queued, pb.ServerFrame) else 0
+                    if (
+                        isinstance(queued, pb.ServerFrame)
+                        and _merges(queued)
+                        and size + more <= MERGED_FRAME_BYTES
+                    ):
+                        item.results.extend(queued.results)
+                        item.messages.extend(queued.messages)
+                        size += more
+                    else:
+                        held = queued
+            await context.write(item)
+
+    @staticmethod
+    async def _end(context: Context, session: ChatSession, tasks: list[asyncio.Task[None]]) -> None:
+        """A task of the stream ended: if the client closed it cleanly, write what is ready;
+        else raise the task's error."""
+        for task in tasks:
+            if task.done():
+                exc = task.exception()
+                if isinstance(exc, SessionEnded) and exc.code is grpc.StatusCode.OK:
+                    while not session.out.empty():  # flush what is ready
+                        item = session.out.get_nowait()
+                        if isinstance(item, pb.ServerFrame):
+                            await context.write(item)
+                    return
+                if exc is not None:
+                    raise exc
+                return
+
+
+def _merges(frame: pb.ServerFrame) -> bool:
+    """Whether ``frame`` holds nothing but send results and pushed messages (so it may be
+    merged with its neighbours in the queue without reordering anything the client sees)."""
+    return not (
+        frame.presence
+        or frame.membership
+        or frame.gaps
+        or frame.errors
+        or frame.heartbeat
+        or frame.HasField("resumed")
+    )
