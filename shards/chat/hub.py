@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("shards.chat.hub")
 
 RETRY_PAUSE: Final = (0.05, 1.0)
+_NOBODY: Final[frozenset[ChatSession]] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +70,6 @@ class PushHub:
         membership event (and filter them once started), so nothing committed between their
         start-up read and their ``track`` calls is missed."""
         self._ready: dict[GroupId, asyncio.Event] = {}
-        self.delivered_batches = 0
 
     @property
     def sessions(self) -> frozenset[ChatSession]:
@@ -191,23 +191,26 @@ class PushHub:
     # ---- routing events ----------------------------------------------------------------------
 
     def _dispatch(self, batch: FeedBatch) -> None:
-        self.delivered_batches += 1
         for event in batch.events:
             for session in self._interested(event):
                 session.offer(event)
 
-    def _interested(self, event: Event) -> set[ChatSession]:
+    def _interested(self, event: Event) -> Set[ChatSession]:
+        """Who may care about ``event``. Per message this is the index's own set (read only,
+        not copied) unless a DM or a starting session needs a union."""
         if isinstance(event, MessageCommitted):
             conv = event.message.conversation
-            found = self._starting | self._by_conv.get(conv, set())
+            found: Set[ChatSession] = self._by_conv.get(conv, _NOBODY)
             pair = parse_dm(conv)
             if pair is not None:
                 for user in pair:
-                    found |= self._by_user.get(user, set())
-            return found
+                    found = found | self._by_user.get(user, _NOBODY)
+            return found | self._starting if self._starting else found
         if isinstance(event, MembershipChanged):
-            found = self._starting | self._by_conv.get(event.channel, set())
-            return found | self._by_user.get(event.user, set())
+            found = self._by_conv.get(event.channel, _NOBODY) | self._by_user.get(
+                event.user, _NOBODY
+            )
+            return found | self._starting
         # RouteChanged: the user's own sessions (a moved session ends) and their contacts.
         return {s for s in self._sessions if s.user == event.user or s.knows(event.user)}
 

@@ -21,7 +21,6 @@ from cluster.types import NO_NODE, GroupId, NodeId
 from proto import chat_internal_pb2 as ipb
 from proto import chat_internal_pb2_grpc as ipb_grpc
 from shards.chat import queries, wire
-from shards.chat.api import HistoryQuery, SyncQuery
 from shards.chat.feed import Feed, FeedBatch, Lagged
 from shards.chat.state import ChatState
 
@@ -40,8 +39,6 @@ QUERY_TYPES: Final = (
     queries.PendingFollowUps,
     queries.DisplayNames,
     queries.CatchUp,
-    HistoryQuery,
-    SyncQuery,
 )
 MAX_COMMANDS: Final = 1024
 DEFAULT_TIMEOUT: Final = 2.0

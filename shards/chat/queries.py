@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol, TypeVar
 
 from shards.chat import wire
-from shards.chat.api import Gap, HistoryQuery, SyncQuery
+from shards.chat.api import Gap, HistoryQuery
 from shards.chat.commands import Code, Rejected, parse_dm
 from shards.chat.schema import (
     ChannelInfo,
@@ -211,6 +211,5 @@ wire.register(
     CatchUpPage,
     CatchUp,
     Gap,
-    HistoryQuery,
-    SyncQuery,
+    HistoryQuery,  # travels inside ReaderHistory
 )

@@ -24,7 +24,7 @@ from typing import Final, TypeVar, cast
 import grpc
 
 from cluster.errors import NotLeader, ProposalDropped
-from cluster.host import HostStopped, NodeHost, ProposalLost, UnknownGroup
+from cluster.host import HostStopped, NodeHost, ProposalLost
 from cluster.transport import CHANNEL_OPTIONS
 from cluster.types import NO_NODE, GroupId, NodeId
 from dns.clustermap import ClusterMap
@@ -137,15 +137,6 @@ class ClusterRouter:
             group, lambda target, left: self._query(group, target, query, linearizable, left)
         )
         return cast(T, result)
-
-    async def read(self, group: GroupId, *, linearizable: bool) -> ChatState:
-        """The local replica of a hosted group (see ``query`` for any group)."""
-        state = self._machines.get(group)
-        if state is None:
-            raise UnknownGroup(group)
-        if linearizable:
-            await self._with_retries(group, lambda target, left: self._read_index(group, left))
-        return state
 
     async def close(self) -> None:
         for channel in self._channels.values():

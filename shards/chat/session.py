@@ -116,9 +116,6 @@ class ChatSession:
 
     # ---- what the hub asks -------------------------------------------------------------------
 
-    def tracks(self, conversation: str) -> bool:
-        return conversation in self._cursors
-
     def tracked(self) -> list[str]:
         return list(self._cursors)
 

@@ -346,9 +346,7 @@ class ChatState:
             )
         self._remember_key(cmd, seq, index)
         if self.capture is not None:
-            self.capture.append(
-                Message(conv, seq, cmd.sender, cmd.text, hlc, cmd.idempotency_key)
-            )
+            self.capture.append(Message(conv, seq, cmd.sender, cmd.text, hlc, cmd.idempotency_key))
         follow_ups: tuple[int, ...] = ()
         if pair is not None and last_seq is None:
             follow_ups = self._open_dm(conv, pair)

@@ -20,7 +20,7 @@ import dataclasses
 import enum
 import json
 from collections.abc import Iterable
-from typing import Any, Final, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -164,6 +164,3 @@ def _register_chat_types() -> None:
 
 
 _register_chat_types()
-
-MAX_WIRE_BYTES: Final = 8 << 20
-"""Largest encoded value a node accepts from a peer (a Sync page is far below it)."""

@@ -188,7 +188,7 @@ def test_the_background_task_drains_groups_it_leads_and_retries_failures(
                 while world.drainer.done < 2:
                     if len(world.host.asked) >= GROUPS and not world.router.fail_next:
                         world.drainer.wake()  # a later round; no waiting for the idle timer
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # poll interval, under the 5 s deadline
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -207,7 +207,7 @@ def test_groups_led_by_another_node_are_left_alone(world: World) -> None:
             world.drainer.wake()
             async with asyncio.timeout(5):
                 while len(world.host.asked) < GROUPS:  # one whole round (no await in it)
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # poll interval, under the 5 s deadline
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
