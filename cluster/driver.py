@@ -12,7 +12,7 @@ anything: delivering the returned messages is the caller's business.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -70,6 +70,10 @@ class PendingRound:
 
     batch: list[tuple[GroupId, Replica, Ready]] = field(default_factory=list)
     must_sync: bool = False
+    early: list[Message] = field(default_factory=list)
+    """Leaders' messages that may be sent before the sync (``Ready.early_messages``). A caller
+    that sends them takes them (empties the list); ``finish`` returns whatever is left here
+    with the other messages."""
 
 
 class NodeDriver:
@@ -128,15 +132,24 @@ class NodeDriver:
         self.store.save_snapshot(group, snapshot, discard_log=False)
         self.replicas[group].compact(snapshot)
 
-    def process_ready(self) -> DriverOutput:
-        """One loop turn for every replica with work; see ``cluster.ready`` for the order."""
+    def process_ready(
+        self, send_early: Callable[[list[Message]], None] | None = None
+    ) -> DriverOutput:
+        """One loop turn for every replica with work; see ``cluster.ready`` for the order.
+        ``send_early`` receives the leaders' messages that may leave before the sync (a
+        simulation passes its network, so a crash during the sync finds them already sent);
+        without it they are returned with the others."""
         pending = self.persist()
+        if send_early is not None and pending.early:
+            send_early(pending.early)
+            pending.early = []
         if pending.must_sync:
             self.store.sync()
         return self.finish(pending)
 
     def persist(self) -> PendingRound:
         """Steps 1 of a round: take every replica's Ready and write it to the shared store.
+        Leaders' messages that need not wait for the sync are collected in ``early``.
 
         The caller must then make the store durable (``store.sync()``) when ``must_sync`` —
         possibly on another thread, so the event loop keeps accepting requests meanwhile; that
@@ -155,6 +168,8 @@ class NodeDriver:
             if rd.hard_state is not None:
                 self.store.set_hard_state(group, rd.hard_state)
             pending.must_sync = pending.must_sync or rd.must_sync
+            if rd.early_messages:
+                pending.early.extend(rd.messages)
         return pending
 
     def finish(self, pending: PendingRound) -> DriverOutput:
@@ -162,8 +177,10 @@ class NodeDriver:
         answer reads, advance."""
         out = DriverOutput(synced=pending.must_sync, readies=len(pending.batch))
         # 3. Only now may anything promising that state leave the node.
+        out.messages.extend(pending.early)
         for _, _, rd in pending.batch:
-            out.messages.extend(rd.messages)
+            if not rd.early_messages:
+                out.messages.extend(rd.messages)
         # 4. Apply, answer reads, then tell each replica its Ready is done.
         for group, replica, rd in pending.batch:
             if rd.soft_state is not None:

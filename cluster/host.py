@@ -507,6 +507,10 @@ class NodeHost:
         rounds = 0
         while rounds < MAX_ROUNDS_PER_TURN and driver.has_ready():
             pending = driver.persist()
+            if pending.early:
+                # A leader's appends travel while its own fsync runs (cluster.ready).
+                self._transport.send(pending.early)
+                pending.early = []
             if pending.must_sync:
                 # fsync on a worker thread: meanwhile the loop keeps taking requests and
                 # messages (queued, not stepped), so the next round carries all of them under

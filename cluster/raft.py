@@ -323,6 +323,8 @@ class Replica(LeaderRole):
         ss = self._soft_state()
         entries = tuple(self._log.unstable_entries())
         snapshot = self._log.pending_snapshot
+        prev = self._prev_hard_state
+        settled = hs.term == prev.term and hs.voted_for == prev.voted_for  # durable already
         rd = Ready(
             hard_state=hs if hs != self._prev_hard_state else None,
             entries=entries,
@@ -332,10 +334,8 @@ class Replica(LeaderRole):
             read_states=tuple(self._read_states),
             dropped_reads=tuple(self._dropped_reads),
             soft_state=ss if ss != self._prev_soft_state else None,
-            must_sync=bool(entries)
-            or snapshot is not None
-            or hs.term != self._prev_hard_state.term
-            or hs.voted_for != self._prev_hard_state.voted_for,
+            must_sync=bool(entries) or snapshot is not None or not settled,
+            early_messages=settled and snapshot is None and self.role is Role.LEADER,
         )
         self._msgs = []
         self._read_states = []

@@ -21,6 +21,7 @@ Each hook costs O(entries touched), so they can run after every step:
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -67,6 +68,9 @@ class _Persisted:
     offset: int = 0
     offset_term: int = 0
     terms: list[int] = field(default_factory=list)
+    synced: int = 0
+    """The last index that survives a crash as written (entries up to it were synced since
+    they were last written)."""
 
     @property
     def last(self) -> int:
@@ -93,7 +97,9 @@ class _Durable:
 class Checkers:
     """Global knowledge of one simulated cluster, checked on every event."""
 
-    def __init__(self, groups: Sequence[GroupId]) -> None:
+    def __init__(self, groups: Sequence[GroupId], voters: int = 0) -> None:
+        self.voters = voters
+        """Voters per group (0: skip the durable-commit check)."""
         self.leaders: dict[tuple[GroupId, int], NodeId] = {}
         self.refs: dict[GroupId, _RefLog] = {g: _RefLog() for g in groups}
         self.max_commit: dict[GroupId, int] = {g: 0 for g in groups}
@@ -145,7 +151,22 @@ class Checkers:
                 )
 
     def on_commit(self, group: GroupId, commit: int) -> None:
+        """A replica reports ``commit``. The first time an index commits, a quorum must hold
+        it durably (synced, with the same term): what counts toward a commit must survive a
+        crash of every node, the leader's own copy included (its appends may leave before its
+        fsync, see cluster.ready)."""
         if commit > self.max_commit[group]:
+            if self.voters:
+                holders: Counter[int | None] = Counter()  # by the term they hold there
+                for (_, g), mirror in self._persisted.items():
+                    if g == group and mirror.synced >= commit:
+                        holders[mirror.term_at(commit)] += 1
+                best = max(holders.values(), default=0)
+                if best < self.voters // 2 + 1:
+                    raise Violation(
+                        f"durable commit: group {group} commits {commit}, but at most {best} "
+                        f"of {self.voters} nodes hold one entry there synced"
+                    )
             self.max_commit[group] = commit
 
     # ---- persistence -----------------------------------------------------------------------
@@ -203,6 +224,7 @@ class Checkers:
             prev_term = e.term
         del mirror.terms[first - mirror.offset - 1 :]
         mirror.terms.extend(e.term for e in entries)
+        mirror.synced = min(mirror.synced, first - 1)
 
     def on_hard_state(self, node: NodeId, group: GroupId, hs: HardState) -> None:
         d = self._durable.setdefault((node, group), _Durable())
@@ -230,6 +252,7 @@ class Checkers:
             raise Violation(f"snapshot: {where} saves {meta.index}, older than {mirror.offset}")
         if discard_log:
             mirror.offset, mirror.offset_term, mirror.terms = meta.index, meta.term, []
+            mirror.synced = min(mirror.synced, meta.index)
         else:
             have = mirror.term_at(meta.index)
             if have != meta.term:
@@ -243,6 +266,9 @@ class Checkers:
         d.snapshot_written = max(d.snapshot_written, meta.index)
 
     def on_sync(self, node: NodeId) -> None:
+        for (n, _), mirror in self._persisted.items():
+            if n == node:
+                mirror.synced = mirror.last
         for (n, _), d in self._durable.items():
             if n == node:
                 d.synced = d.written
@@ -263,10 +289,11 @@ class Checkers:
         elif isinstance(msg, AppendResponse) and not msg.reject:
             hs = self._durable.setdefault((node, msg.group), _Durable()).synced
             mirror = self._persisted.setdefault((node, msg.group), _Persisted())
-            if mirror.last < msg.index and hs.term <= msg.term:
+            if mirror.synced < msg.index and hs.term <= msg.term:
                 raise Violation(
                     f"persist before send: node {node} group {msg.group} acknowledges index "
-                    f"{msg.index} in term {msg.term}, but its durable log ends at {mirror.last}"
+                    f"{msg.index} in term {msg.term}, but its synced log ends at "
+                    f"{mirror.synced} (written: {mirror.last})"
                 )
 
     def on_load(self, node: NodeId, group: GroupId, stored: StoredState) -> None:
@@ -302,6 +329,7 @@ class Checkers:
                 )
             prev_term = e.term
         mirror.terms = [e.term for e in stored.entries]
+        mirror.synced = mirror.last
         self._persisted[(node, group)] = mirror
 
     # ---- state machine ---------------------------------------------------------------------

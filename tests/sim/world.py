@@ -137,7 +137,7 @@ class Simulation:
             for n in self.node_ids
         }
         self._profile = world.profile
-        self.checks = Checkers(self.groups)
+        self.checks = Checkers(self.groups, len(self.node_ids))
         self.result = SimResult(params.seed, len(self.node_ids), len(self.groups))
         self.nodes = {n: _Node(n, workdir / f"node{n}") for n in self.node_ids}
         self.now = 0
@@ -488,7 +488,9 @@ class Simulation:
         driver = node.driver
         assert driver is not None
         try:
-            out = driver.process_ready()
+            # A leader's early messages hit the network before the sync, as in the node host:
+            # a crash inside that sync then finds them already sent.
+            out = driver.process_ready(lambda early: self._send_all(node, early))
         except _CrashNow:
             assert node.crash_at_sync is not None
             self.result.torn_crashes += 1
@@ -501,13 +503,16 @@ class Simulation:
             self.checks.on_commit(replica.group, replica.commit_index)
         return True
 
-    def _handle_output(self, node: _Node, out: DriverOutput) -> None:
-        for msg in out.messages:
+    def _send_all(self, node: _Node, messages: list[Message]) -> None:
+        for msg in messages:
             if self._trace is not None:
                 self.log(f"send g{msg.group} {describe_message(msg)}")
             self.checks.on_send(node.id, msg)
             self.net.send(msg)
-        self.result.messages += len(out.messages)
+        self.result.messages += len(messages)
+
+    def _handle_output(self, node: _Node, out: DriverOutput) -> None:
+        self._send_all(node, out.messages)
         for group, rs in out.read_states:
             read = self._reads.get(rs.context)
             if read is None or read.group != group or read.node != node.id:

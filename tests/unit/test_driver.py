@@ -161,6 +161,56 @@ def test_persist_happens_before_messages_are_released(tmp_path: Path) -> None:
     assert len(votes) == 2 * 2  # each group asks both peers
 
 
+def test_only_a_settled_leaders_appends_leave_before_the_sync(tmp_path: Path) -> None:
+    g = GroupId(1)
+    drivers, stores, machines = _cluster(tmp_path, [g], pre_vote=False)
+    calls: list[str] = []
+    spies = {n: NodeDriver(n, _SpyStore(stores[n], calls), machines[n]) for n in NODES}
+    for n in NODES:
+        spies[n].add(drivers[n].replicas[g])
+    sent_early: list[Message] = []
+
+    def early(msgs: list[Message]) -> None:
+        calls.extend(f"early {type(m).__name__} to n{m.to}" for m in msgs)
+        sent_early.extend(msgs)
+
+    spies[NodeId(1)].replicas[g].campaign()
+    calls.clear()
+    out = spies[NodeId(1)].process_ready(early)
+    # A candidate's vote requests carry a new term: they wait for its sync.
+    assert calls == [f"hard_state g{g}", "sync"] and len(out.messages) == 2
+    for m in out.messages:
+        spies[m.to].step(m)
+    _settle(spies)
+    leader = spies[NodeId(1)].replicas[g]
+    assert leader.role is Role.LEADER
+
+    leader.propose(b"x")
+    calls.clear()
+    out = spies[NodeId(1)].process_ready(early)
+    # The leader's appends left before its own fsync, and finish() does not return them again.
+    assert calls == [
+        f"append g{g}",
+        "early AppendRequest to n2",
+        "early AppendRequest to n3",
+        "sync",
+    ]
+    assert out.messages == []
+    assert leader.commit_index < leader.last_index  # only its own copy counts so far
+
+    # A follower's acknowledgement is a promise about its disk: it never leaves early.
+    for m in sent_early:
+        spies[m.to].step(m)
+    calls.clear()
+    out = spies[NodeId(2)].process_ready(early)
+    assert calls == [f"append g{g}", "sync"]
+    assert [type(m).__name__ for m in out.messages] == ["AppendResponse"]
+    for m in out.messages:
+        spies[m.to].step(m)
+    spies[NodeId(1)].process_ready(early)
+    assert leader.commit_index == leader.last_index  # durable leader + one durable follower
+
+
 def test_idle_round_does_nothing(tmp_path: Path) -> None:
     drivers, _, _ = _cluster(tmp_path, [GroupId(1)])
     out = drivers[NodeId(1)].process_ready()
