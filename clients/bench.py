@@ -91,17 +91,18 @@ class Bench:
 
     async def _listen(self, client: AsyncChatClient) -> None:
         me = client.account.user if client.account is not None else ""
-        async for event in client.events():
-            if not isinstance(event, MessageEvent) or not self._measure_delivery:
+        async for batch in client.event_batches():
+            if not self._measure_delivery:
                 continue
-            m = event.message
-            if m.sender == me:
-                continue
-            try:
-                sent = float(m.text.split(" ", 1)[0])
-            except ValueError:
-                continue
-            self.deliveries.append(time.perf_counter() - sent)
+            now = time.perf_counter()
+            for event in batch:
+                if not isinstance(event, MessageEvent) or event.message.sender == me:
+                    continue
+                try:
+                    sent = float(event.message.text.split(" ", 1)[0])
+                except ValueError:
+                    continue
+                self.deliveries.append(now - sent)
 
     async def run(self, name: str, seconds: float, rate: float | None) -> Phase:
         """``rate``: total sends/s to pace at (None: as fast as acknowledgements allow)."""

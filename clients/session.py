@@ -6,11 +6,14 @@ many concurrent senders comes from packing their sends into few frames. The writ
 send queued so far (at most 256, the proto's limit) into one ``ClientFrame``. While a frame
 still waits for SendResults, the next one is held back until ``frame_linger`` has passed since
 its oldest send was queued (or 256 sends wait), and never more than ``max_frames_in_flight``
-frames are out. Without the linger, frames do not grow with the load: senders that await their
-sends come back a frame at a time, so each frame's answers released exactly one new frame of
-the same size (``python -m clients bench``: 8 awaiting senders per session over 4 frames kept
-~2 sends per frame, 460-550 sends/s, p50 110-135 ms; with a 5 ms linger 660-960 sends/s, p50
-66-94 ms). The linger bounds what a send can wait behind a slow frame, and the frame limit still
+frames are out; a send queued while nothing is out goes at once. Senders that await their sends
+come back a frame at a time, so frames keep the size they had: the answers of one frame must
+release one whole next frame. That is why the writer is woken only after a whole ServerFrame is
+dispatched: woken by the last result, it ran before the last sender and left with 7 of 8,
+splitting frames for good (``python -m clients bench``, 8 awaiting senders per session: ~2
+sends per frame, 460-550 sends/s; a 5 ms linger mended it to 660-960 sends/s, and the fake
+gateway of ``python -m clients.bench_local`` now shows 8 sends per frame with or without
+it). The linger bounds what a send can wait behind a slow frame, and the frame limit still
 lets a stuck frame (a group in election) be overtaken. Results come back matched by
 idempotency key.
 
@@ -31,7 +34,13 @@ Why it survives failover without losing or doubling anything (DESIGN.md guarante
 Which errors end the session for good (bad token, malformed frame ...) versus move it to the next
 node is :func:`clients.errors.is_transient` plus the connection-level codes a broken transport
 shows (CANCELLED, INTERNAL, UNKNOWN, ABORTED). The session reports every state change as a
-:class:`~clients.models.ConnectionEvent` in its event queue, next to the pushed messages.
+:class:`~clients.models.ConnectionEvent` in its event buffer, next to the pushed messages.
+
+Why it is written for few objects per send (``python -m clients.bench_local`` measures it): the
+benchmark client shares two cores with the nodes, so its CPU is taken from them. A send costs
+one future and one small record: no timer handle (one timer armed at the earliest deadline
+sweeps them all, :class:`clients.waiters.Deadlines`), no task, no queue item; a pushed message
+is one deque append and wakes a waiting consumer once per frame, not per event.
 """
 
 from __future__ import annotations
@@ -42,7 +51,7 @@ import enum
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final, cast
 
 import grpc
@@ -73,6 +82,7 @@ from clients.models import (
     PresenceEvent,
     SendReceipt,
 )
+from clients.waiters import Deadlines, EventBuffer
 from proto import chat_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -81,6 +91,10 @@ MAX_SENDS_PER_FRAME: Final = 256
 """The proto's limit (more and the server ends the stream RESOURCE_EXHAUSTED)."""
 MISSED_HEARTBEATS: Final = 3
 """Silent intervals after which the gateway counts as dead (the server waits as many)."""
+_RESULTS: Final = pb.ServerFrame.RESULTS_FIELD_NUMBER
+_MESSAGES: Final = pb.ServerFrame.MESSAGES_FIELD_NUMBER
+_RESUMED: Final = pb.ServerFrame.RESUMED_FIELD_NUMBER
+_HEARTBEAT: Final = pb.ServerFrame.HEARTBEAT_FIELD_NUMBER
 
 SessionCall = grpc.aio.StreamStreamCall[pb.ClientFrame, pb.ServerFrame]
 OpenStream = Callable[[str], SessionCall]
@@ -110,19 +124,17 @@ class _SendState(enum.Enum):
 @dataclass(eq=False, slots=True)
 class _PendingSend:
     request: pb.SendRequest
+    key: str
     future: asyncio.Future[SendReceipt]
     order: int
-    deadline_handle: asyncio.TimerHandle | None = None
-    queued_at: float = 0.0
+    deadline: float
+    """Loop time after which the send fails (DeadlineExceeded, or its last transient error)."""
+    queued_at: float
     """Loop time it last joined the queue (for the frame linger)."""
     state: _SendState = _SendState.QUEUED
     frame: int = 0
     failures: int = 0
-    last_error: ChatError | None = field(default=None)
-
-    @property
-    def key(self) -> str:
-        return self.request.idempotency_key
+    last_error: ChatError | None = None
 
 
 class _Dropped(Exception):
@@ -146,10 +158,13 @@ class Session:
         self._options = options
         self._cursors: dict[str, int] = {str(k): int(v) for k, v in cursors.items()}
         self._loop = asyncio.get_running_loop()
-        self._events: asyncio.Queue[Event] = asyncio.Queue()
+        self._events: EventBuffer[Event] = EventBuffer(self._loop, options.event_buffer)
         self._pending: dict[str, _PendingSend] = {}
+        self._deadlines: Deadlines[_PendingSend] = Deadlines(self._loop, self._expire)
         self._queue: deque[_PendingSend] = deque()
-        self._frames: dict[int, set[str]] = {}
+        self._frames: dict[int, int] = {}
+        """Frame id -> sends written in it and not answered yet."""
+        self._dispatching = False
         self._next_frame_id = 1
         self._next_order = 0
         self._wake = asyncio.Event()
@@ -174,7 +189,6 @@ class Session:
         self.frames_written = 0
         self.send_frames_written = 0
         self.duplicates_dropped = 0
-        self.events_dropped = 0
         self.reconnects = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -203,6 +217,11 @@ class Session:
         return self._connected
 
     @property
+    def events_dropped(self) -> int:
+        """Events dropped because the buffer was full (a consumer too slow)."""
+        return self._events.dropped
+
+    @property
     def cursors(self) -> dict[str, int]:
         """Conversation -> last seq delivered (a copy)."""
         return dict(self._cursors)
@@ -227,6 +246,7 @@ class Session:
         failure = error or ClientClosed("the session was closed")
         for pending in list(self._pending.values()):
             self._fail(pending, failure)
+        self._deadlines.clear()
         self._queue.clear()
         self._frames.clear()
         if self._linger_handle is not None:
@@ -241,32 +261,49 @@ class Session:
     # ---- events ------------------------------------------------------------------------------
 
     def _emit(self, event: Event) -> None:
-        if self._events.qsize() >= self._options.event_buffer > 0:
-            self._events.get_nowait()
-            self.events_dropped += 1
-            if self.events_dropped == 1:
-                log.warning("session event buffer full: dropping the oldest events")
-        self._events.put_nowait(event)
+        self._events.put(event)
 
     async def next_event(self, timeout: float | None) -> Event | None:
         """The next event; None after ``timeout`` seconds or once the session is closed and
         every event was taken."""
-        if self._closed and self._events.empty():
-            return None
-        try:
-            return await asyncio.wait_for(self._events.get(), timeout)
-        except TimeoutError:
-            return None
+        buffer = self._events.buffer
+        if not buffer:
+            deadline = None if timeout is None else self._loop.time() + timeout
+            while not buffer:
+                if self._closed:
+                    return None
+                left = None if deadline is None else deadline - self._loop.time()
+                if left is not None and left <= 0:
+                    return None
+                await self._events.wait(left)  # woken with others: another may take it
+        return buffer.popleft()
 
     async def events(self) -> AsyncIterator[Event]:
         """Every event until the session closes (the CLOSED event is the last one)."""
+        buffer = self._events.buffer
         while True:
-            event = await self.next_event(None)
-            if event is None:
+            while buffer:
+                event = buffer.popleft()
+                yield event
+                if isinstance(event, ConnectionEvent) and event.state is ConnectionState.CLOSED:
+                    return
+            if self._closed:
                 return
-            yield event
-            if isinstance(event, ConnectionEvent) and event.state is ConnectionState.CLOSED:
-                return
+            await self._events.wait(None)
+
+    async def event_batches(self) -> AsyncIterator[list[Event]]:
+        """The same events as :meth:`events`, as lists of what arrived together: one wake-up
+        and one list per batch, the cheapest way to keep up with a busy session."""
+        buffer = self._events.buffer
+        while True:
+            if buffer:
+                batch = list(buffer)
+                buffer.clear()
+                yield batch
+            elif self._closed:
+                return  # the CLOSED event was the last of the last batch
+            else:
+                await self._events.wait(None)
 
     # ---- sends -------------------------------------------------------------------------------
 
@@ -278,11 +315,15 @@ class Session:
         key = request.idempotency_key
         pending = self._pending.get(key)
         if pending is None:
-            pending = _PendingSend(request, self._loop.create_future(), self._next_order)
-            self._next_order += 1
-            pending.deadline_handle = self._loop.call_later(timeout, self._expire, pending)
+            now = self._loop.time()
+            order = self._next_order
+            self._next_order = order + 1
+            future: asyncio.Future[SendReceipt] = self._loop.create_future()
+            pending = _PendingSend(request, key, future, order, now + timeout, now)
             self._pending[key] = pending
-            self._enqueue(pending)
+            self._deadlines.add(pending)
+            self._queue.append(pending)
+            self._wake.set()
         # A second send with a key already pending is the same send: it shares the answer.
         try:
             return await pending.future
@@ -305,20 +346,21 @@ class Session:
             pending.future.exception()  # mark retrieved: a cancelled caller never reads it
 
     def _forget(self, pending: _PendingSend) -> None:
+        """Drop the send from every table (its deadline goes once its future is done)."""
         if self._pending.get(pending.key) is pending:
             del self._pending[pending.key]
-        if pending.deadline_handle is not None:
-            pending.deadline_handle.cancel()
         self._unframe(pending)
 
     def _unframe(self, pending: _PendingSend) -> None:
         if pending.state is _SendState.IN_FLIGHT:
-            keys = self._frames.get(pending.frame)
-            if keys is not None:
-                keys.discard(pending.key)
-                if not keys:
+            left = self._frames.get(pending.frame)
+            if left is not None:
+                if left > 1:
+                    self._frames[pending.frame] = left - 1
+                else:
                     del self._frames[pending.frame]
-                    self._wake.set()
+                    if not self._dispatching:  # else once the whole frame is dispatched
+                        self._wake.set()
         pending.state = _SendState.QUEUED
         pending.frame = 0
 
@@ -348,26 +390,24 @@ class Session:
 
     def _next_frame(self) -> pb.ClientFrame | None:
         sends: list[pb.SendRequest] = []
-        if (
-            self._queue
-            and len(self._frames) < self._options.max_frames_in_flight
-            and self._may_frame()
-        ):
+        queue = self._queue
+        if queue and len(self._frames) < self._options.max_frames_in_flight and self._may_frame():
             frame_id = self._next_frame_id
-            keys: set[str] = set()
-            while self._queue and len(sends) < MAX_SENDS_PER_FRAME:
-                pending = self._queue.popleft()
-                if pending.future.done() or self._pending.get(pending.key) is not pending:
-                    continue
-                if pending.state is not _SendState.QUEUED:
+            pending_by_key = self._pending
+            while queue and len(sends) < MAX_SENDS_PER_FRAME:
+                pending = queue.popleft()
+                if (
+                    pending.state is not _SendState.QUEUED
+                    or pending.future.done()
+                    or pending_by_key.get(pending.key) is not pending
+                ):
                     continue
                 pending.state = _SendState.IN_FLIGHT
                 pending.frame = frame_id
-                keys.add(pending.key)
                 sends.append(pending.request)
             if sends:
-                self._next_frame_id += 1
-                self._frames[frame_id] = keys
+                self._next_frame_id = frame_id + 1
+                self._frames[frame_id] = len(sends)
         heartbeat, self._heartbeat_due = self._heartbeat_due, 0
         if not sends and not heartbeat:
             return None
@@ -385,14 +425,14 @@ class Session:
         self._queue = deque(sorted(queued, key=lambda p: p.order))
 
     def _on_result(self, result: pb.SendResult) -> None:
-        pending = self._pending.get(result.idempotency_key)
+        key = result.idempotency_key
+        pending = self._pending.get(key)
         if pending is None or pending.state is not _SendState.IN_FLIGHT:
             return  # a late answer for a send that timed out, or a result from an old stream
         if result.HasField("sent"):
             self._forget(pending)
-            receipt = SendReceipt.from_proto(result.sent, pending.key)
             if not pending.future.done():
-                pending.future.set_result(receipt)
+                pending.future.set_result(SendReceipt.from_proto(result.sent, key))
             return
         error = from_failure(result.error)
         if not is_transient(error, repeatable=True):
@@ -536,34 +576,62 @@ class Session:
     # ---- what the server pushes --------------------------------------------------------------
 
     def _dispatch(self, frame: pb.ServerFrame) -> None:
-        gaps = [Gap.from_proto(g) for g in frame.gaps]
-        for message in frame.messages:
-            if gaps:
-                # A gap before this message's seq comes first, so a skipped range and the
-                # messages after it arrive (and move the cursor) in order.
-                for gap in [g for g in gaps if g.conversation == message.conversation]:
-                    if gap.first_seq < message.seq:
-                        gaps.remove(gap)
-                        self._on_gap(gap)
-            self._on_message(message)
+        """Hand a frame's contents on. ``ListFields`` names the few fields a frame has (results
+        and messages, nearly always): touching each empty repeated field costs as much. A send
+        frame freed by these results wakes the writer only after the whole frame, so the
+        senders the results released are all queued by then and share the next frame."""
+        results = messages = None
+        rare = False
+        for descriptor, value in frame.ListFields():
+            number = descriptor.number
+            if number == _RESULTS:
+                results = value
+            elif number == _MESSAGES:
+                messages = value
+            elif number != _RESUMED and number != _HEARTBEAT:
+                rare = True
+        gaps = [Gap.from_proto(g) for g in frame.gaps] if rare else []
+        if messages is not None:
+            on_message = self._on_message
+            for message in messages:
+                if gaps:
+                    # A gap before this message's seq comes first, so a skipped range and the
+                    # messages after it arrive (and move the cursor) in order.
+                    for gap in [g for g in gaps if g.conversation == message.conversation]:
+                        if gap.first_seq < message.seq:
+                            gaps.remove(gap)
+                            self._on_gap(gap)
+                on_message(message)
         for gap in gaps:
             self._on_gap(gap)
-        for result in frame.results:
-            self._on_result(result)
-        for presence in frame.presence:
-            self._emit(PresenceEvent.from_proto(presence))
-        for membership in frame.membership:
-            self._emit(MembershipEvent.from_proto(membership))
-        for failure in frame.errors:
-            log.warning("session frame item failed: %s", from_failure(failure))
+        if results is not None:
+            self._dispatching = True
+            frames = len(self._frames)
+            try:
+                on_result = self._on_result
+                for result in results:
+                    on_result(result)
+            finally:
+                self._dispatching = False
+            if len(self._frames) < frames:
+                self._wake.set()
+        if rare:
+            for presence in frame.presence:
+                self._emit(PresenceEvent.from_proto(presence))
+            for membership in frame.membership:
+                self._emit(MembershipEvent.from_proto(membership))
+            for failure in frame.errors:
+                log.warning("session frame item failed: %s", from_failure(failure))
 
     def _on_message(self, proto: pb.ChatMessage) -> None:
-        seq = int(proto.seq)
-        if seq <= self._cursors.get(proto.conversation, 0):
+        seq = proto.seq
+        conversation = proto.conversation
+        cursors = self._cursors
+        if seq <= cursors.get(conversation, 0):
             self.duplicates_dropped += 1
             return
-        self._cursors[proto.conversation] = seq
-        self._emit(MessageEvent(Message.from_proto(proto)))
+        cursors[conversation] = seq
+        self._events.put(MessageEvent(Message.from_proto(proto)))
 
     def _on_gap(self, gap: Gap) -> None:
         if gap.last_seq > self._cursors.get(gap.conversation, 0):

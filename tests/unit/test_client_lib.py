@@ -418,9 +418,8 @@ def run(coro: Coroutine[Any, Any, None]) -> None:
 def _events_of(client: AsyncChatClient) -> list[Event]:
     session = client.session
     assert session is not None
-    drained: list[Event] = []
-    while not session._events.empty():
-        drained.append(session._events.get_nowait())
+    drained = list(session._events.buffer)
+    session._events.buffer.clear()
     return drained
 
 
