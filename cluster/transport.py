@@ -39,7 +39,7 @@ from typing import Protocol
 
 import grpc
 
-from cluster import codec
+from cluster import codec, streamlink
 from cluster.codec import CodecError
 from cluster.messages import AppendRequest, Message, SnapshotChunk
 from cluster.types import NodeId
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = raft_pb2.DESCRIPTOR.services_by_name["RaftTransport"].full_name
 """``raftchat.raft.RaftTransport`` (for health and reflection registrations)."""
 _SEND_METHOD = f"/{SERVICE_NAME}/Send"
+_LINK_METHOD = f"/{SERVICE_NAME}/Link"
+LINK_QUERY_TIMEOUT = 2.0
+"""Seconds to wait for a peer to say where its plain TCP link listens."""
 
 MAX_MESSAGE_BYTES = 64 << 20
 """What ``CHANNEL_OPTIONS`` and ``SERVER_OPTIONS`` let through in one gRPC message."""
@@ -139,19 +142,27 @@ class TransportServicer:
 
 
 def add_transport_servicer(
-    server: grpc.aio.Server, sink: MessageSink | Deliver
+    server: grpc.aio.Server, sink: MessageSink | Deliver, *, link_address: str = ""
 ) -> TransportServicer:
     """Serve ``RaftTransport`` on ``server``, handing inbound messages to ``sink`` (an object
     with ``deliver(messages)``, such as a ``NodeHost``, or that method itself).
+    ``link_address`` is where this node's ``streamlink.LinkServer`` listens (peers asking
+    ``Link`` are told; empty: they stay on the gRPC stream).
 
     Batches travel as raw bytes and are decoded by ``codec.decode_batch``, so even bytes that
     are not a ``MessageBatch`` at all end the stream with INVALID_ARGUMENT, not INTERNAL."""
     deliver: Deliver = sink.deliver if not callable(sink) else sink
     servicer = TransportServicer(deliver)
-    handler = grpc.stream_unary_rpc_method_handler(servicer.send)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Send": handler}),)
-    )
+    info = raft_pb2.LinkInfo(stream_address=link_address).SerializeToString()
+
+    async def link(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        return info
+
+    handlers = {
+        "Send": grpc.stream_unary_rpc_method_handler(servicer.send),
+        "Link": grpc.unary_unary_rpc_method_handler(link),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     return servicer
 
 
@@ -222,7 +233,9 @@ class GrpcTransport:
 
     ``peers`` maps every OTHER node to its internal ``host:port``. Create, then ``await
     start()`` inside the event loop (the node host does it); ``send`` may be called before
-    ``start`` (messages wait in the queues)."""
+    ``start`` (messages wait in the queues). Before each connect the peer is asked where its
+    plain TCP link listens (``cluster.streamlink``); batches go there when it has one (and
+    ``use_links``), else over the gRPC stream."""
 
     def __init__(
         self,
@@ -232,6 +245,7 @@ class GrpcTransport:
         queue_messages: int = DEFAULT_QUEUE_MESSAGES,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         batch_bytes: int = DEFAULT_BATCH_BYTES,
+        use_links: bool = True,
     ) -> None:
         if queue_messages < 1 or queue_bytes < 1 or batch_bytes < 1:
             raise ValueError("queue_messages, queue_bytes and batch_bytes must be positive")
@@ -241,6 +255,7 @@ class GrpcTransport:
         self._queue_messages = queue_messages
         self._queue_bytes = queue_bytes
         self._batch_bytes = batch_bytes
+        self._use_links = use_links
         self._peers: dict[NodeId, _Peer] = {n: _Peer(n, a) for n, a in peers.items()}
         self._unknown_peer = 0
         self._encode_errors = 0
@@ -351,7 +366,11 @@ class GrpcTransport:
             batches_before = peer.batches
             channel = grpc.aio.insecure_channel(peer.address, options=CHANNEL_OPTIONS)
             try:
-                await self._stream(peer, channel, announce=broken)
+                link = await self._ask_link(peer, channel) if self._use_links else ""
+                if link:
+                    await self._link(peer, link, announce=broken)
+                else:
+                    await self._stream(peer, channel, announce=broken)
                 broken = False
             except Exception as exc:  # any failure of the link means: reconnect
                 if not broken:
@@ -401,6 +420,58 @@ class GrpcTransport:
                 )
             peer.sent += count
             peer.batches += 1
+
+    async def _ask_link(self, peer: _Peer, channel: grpc.aio.Channel) -> str:
+        """Where the peer takes a plain TCP link ("" if it has none or predates links). An
+        unreachable peer costs what a broken stream costs: the batch due is dropped."""
+        call = channel.unary_unary(
+            _LINK_METHOD, request_serializer=None, response_deserializer=None
+        )
+        try:
+            data = await call(b"", timeout=LINK_QUERY_TIMEOUT)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() is grpc.StatusCode.UNIMPLEMENTED:
+                return ""
+            _, count = self._take_batch(peer)
+            peer.dropped += count
+            raise
+        return str(raft_pb2.LinkInfo.FromString(data).stream_address)
+
+    async def _link(self, peer: _Peer, address: str, *, announce: bool) -> None:
+        """``_stream`` over a plain TCP link (cluster.streamlink): the same batches, written as
+        frames. The listener never writes, so a read that returns means the link is over."""
+        reader, writer = await streamlink.open_link(address)
+        closed = asyncio.ensure_future(reader.read(1))
+        closed.add_done_callback(lambda _: peer.wake.set())
+        try:
+            while True:
+                if closed.done():
+                    raise ConnectionError(f"node {peer.node} closed the link")
+                if not peer.queue:
+                    peer.wake.clear()
+                    await peer.wake.wait()
+                    continue
+                data, count = self._take_batch(peer)
+                if not count:
+                    continue
+                try:
+                    writer.write(streamlink.frame(data))
+                    await writer.drain()
+                except BaseException:
+                    peer.dropped += count
+                    raise
+                if announce:
+                    announce = False
+                    log.info(
+                        "node %s: link to node %s (%s) is back", self.node_id, peer.node, address
+                    )
+                peer.sent += count
+                peer.batches += 1
+        finally:
+            closed.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
 
     def _take_batch(self, peer: _Peer) -> tuple[bytes, int]:
         """Everything queued for ``peer`` (up to the batch byte cap) as one serialized batch."""

@@ -191,3 +191,13 @@ class SendAck(_message.Message):
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     batches: int
     def __init__(self, batches: _Optional[int] = ...) -> None: ...
+
+class LinkRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LinkInfo(_message.Message):
+    __slots__ = ("stream_address",)
+    STREAM_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    stream_address: str
+    def __init__(self, stream_address: _Optional[str] = ...) -> None: ...

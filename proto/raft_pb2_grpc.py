@@ -40,6 +40,11 @@ class RaftTransportStub:
                 request_serializer=proto_dot_raft__pb2.MessageBatch.SerializeToString,
                 response_deserializer=proto_dot_raft__pb2.SendAck.FromString,
                 _registered_method=True)
+        self.Link = channel.unary_unary(
+                '/raftchat.raft.RaftTransport/Link',
+                request_serializer=proto_dot_raft__pb2.LinkRequest.SerializeToString,
+                response_deserializer=proto_dot_raft__pb2.LinkInfo.FromString,
+                _registered_method=True)
 
 
 class RaftTransportServicer:
@@ -54,6 +59,13 @@ class RaftTransportServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Link(self, request, context):
+        """Where this node takes the same batches over a plain TCP link (asked before each connect).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftTransportServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +73,11 @@ def add_RaftTransportServicer_to_server(servicer, server):
                     servicer.Send,
                     request_deserializer=proto_dot_raft__pb2.MessageBatch.FromString,
                     response_serializer=proto_dot_raft__pb2.SendAck.SerializeToString,
+            ),
+            'Link': grpc.unary_unary_rpc_method_handler(
+                    servicer.Link,
+                    request_deserializer=proto_dot_raft__pb2.LinkRequest.FromString,
+                    response_serializer=proto_dot_raft__pb2.LinkInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +108,33 @@ class RaftTransport:
             '/raftchat.raft.RaftTransport/Send',
             proto_dot_raft__pb2.MessageBatch.SerializeToString,
             proto_dot_raft__pb2.SendAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Link(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/raftchat.raft.RaftTransport/Link',
+            proto_dot_raft__pb2.LinkRequest.SerializeToString,
+            proto_dot_raft__pb2.LinkInfo.FromString,
             options,
             channel_credentials,
             insecure,

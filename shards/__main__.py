@@ -48,6 +48,14 @@ def _parser() -> argparse.ArgumentParser:
         "RAFTCHAT_INTERNAL_ADVERTISE)",
     )
     p.add_argument(
+        "--link-port",
+        type=int,
+        default=int(env("RAFTCHAT_LINK_PORT", "0")),
+        help="port of the plain TCP link that carries Raft batches between nodes, on the host "
+        "of --internal-listen (peers learn it through the internal port; default 0: any free "
+        "port; RAFTCHAT_LINK_PORT)",
+    )
+    p.add_argument(
         "--discovery",
         default=env("RAFTCHAT_DISCOVERY", ""),
         help="comma-separated discovery public addresses (RAFTCHAT_DISCOVERY)",
@@ -136,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         app=args.app,
         send_rate=args.send_rate,
         send_burst=args.send_burst,
+        link_port=args.link_port,
     )
     return asyncio.run(serve(opts))
 

@@ -33,6 +33,7 @@ from cluster.errors import DataDirMismatch, StorageError
 from cluster.host import NodeHost
 from cluster.statemachine import GroupStateMachine, LogStateMachine
 from cluster.storage import LogStore
+from cluster.streamlink import LinkServer
 from cluster.transport import SERVER_OPTIONS as TRANSPORT_SERVER_OPTIONS
 from cluster.transport import GrpcTransport, add_transport_servicer
 from cluster.types import GroupId, NodeId
@@ -73,6 +74,8 @@ class NodeOptions:
     """``chat`` or ``log`` (see the module docstring)."""
     send_rate: float = 200.0
     send_burst: float = 400.0
+    link_port: int = 0
+    """Port of the plain TCP Raft link (cluster.streamlink) on the internal host; 0: any."""
 
 
 async def learn_map(opts: NodeOptions, client: DiscoveryClient) -> ClusterMap:
@@ -122,6 +125,11 @@ def check_app(data_dir: Path, app: str) -> None:
     marker.write_text(app + "\n")
 
 
+def _host_of(address: str) -> str:
+    """The host part of ``host:port`` (brackets of an IPv6 literal removed)."""
+    return address.rpartition(":")[0].strip("[]")
+
+
 def _bind(server: grpc.aio.Server, address: str, what: str) -> None:
     try:
         port = server.add_insecure_port(address)
@@ -139,6 +147,7 @@ class ShardNode:
         self.host: NodeHost | None = None
         self.store: LogStore | None = None
         self._servers: list[grpc.aio.Server] = []
+        self.link: LinkServer | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._leaders_changed = asyncio.Event()
         self.failed = asyncio.Event()
@@ -174,8 +183,19 @@ class ShardNode:
             tick_interval=opts.tick_ms / 1000,
             compact_after=opts.snapshot_entries,
         )
+        # Peers send Raft batches over a plain TCP link (cluster.streamlink) on a free port of
+        # the internal host; they learn it from RaftTransport.Link on the internal port.
+        self.link = LinkServer(host.deliver)
+        try:
+            link_port = await self.link.start(_host_of(opts.internal_listen), opts.link_port)
+        except OSError as exc:
+            raise NodeStartError(
+                f"cannot listen for the Raft link on {_host_of(opts.internal_listen)}:"
+                f"{opts.link_port} (--link-port): {exc.strerror or exc}"
+            ) from exc
+        link_address = f"{_host_of(opts.internal_advertise)}:{link_port}"
         internal = grpc.aio.server(options=OWN_PORT + TRANSPORT_SERVER_OPTIONS)
-        add_transport_servicer(internal, host.deliver)
+        add_transport_servicer(internal, host.deliver, link_address=link_address)
         _bind(internal, opts.internal_listen, "internal Raft port")
         public = grpc.aio.server(options=OWN_PORT)
         _bind(public, opts.listen, "public port")
@@ -279,6 +299,8 @@ class ShardNode:
                 await task
         for server in self._servers:
             await server.stop(grace=0.5)
+        if self.link is not None:
+            await self.link.close()
         if self.chat is not None:
             await self.chat.stop()
         if self.host is not None:
