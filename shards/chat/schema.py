@@ -34,7 +34,9 @@ Tables (``WITHOUT ROWID`` where rows are small and always found by their key):
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -228,6 +230,113 @@ def read_messages(conn: sqlite3.Connection, conversation: str, lo: int, hi: int)
         (conversation, lo, hi),
     )
     return [Message(c, s, snd, txt, Hlc(hm, hc), key) for c, s, snd, txt, hm, hc, key in rows]
+
+
+POST_CONTEXT_CHUNK: Final = 64
+"""Posts looked up per statement by :func:`read_post_contexts` (so at most this many
+statement texts, each prepared once and kept in the connection's statement cache)."""
+
+
+class PostContext(NamedTuple):
+    """What the database says about one PostMessage before a run of posts is applied: the
+    conversation's row (``last_seq`` None: no row), whether the sender is a channel member, the
+    sender's dedup entry for the key with its message's stamp (``dup_seq`` None: none), and how
+    many keys the sender ever entered (None: never). ``position``: the post's place in its
+    lookup statement (rows are sorted by it)."""
+
+    position: int
+    last_seq: int | None
+    hlc_ms: int | None
+    hlc_counter: int | None
+    member: int
+    dup_seq: int | None
+    dup_ord: int | None
+    dup_hlc_ms: int | None
+    dup_hlc_counter: int | None
+    entered: int | None
+
+
+def read_post_contexts(
+    conn: sqlite3.Connection, posts: Sequence[tuple[str, str, str]]
+) -> list[PostContext]:
+    """One :class:`PostContext` per ``(conversation, sender, idempotency_key)``, in order.
+
+    Why one statement for many posts: sends are most of the log and every replica applies
+    every one, so the per-statement cost of SQLite and the ``sqlite3`` module is paid once per
+    run of posts instead of once per post; each row is still five primary-key lookups."""
+    out: list[PostContext] = []
+    for lo in range(0, len(posts), POST_CONTEXT_CHUNK):
+        chunk = posts[lo : lo + POST_CONTEXT_CHUNK]
+        params = [value for post in chunk for value in post]
+        rows = conn.execute(_post_context_sql(len(chunk)), params).fetchall()
+        rows.sort()  # already in order with SQLite's plan (linear then); not promised by SQL
+        out.extend(map(PostContext._make, rows))
+    return out
+
+
+@functools.cache
+def _post_context_sql(count: int) -> str:
+    values = ",".join(f"({i},?,?,?)" for i in range(count))
+    return (
+        f"WITH p(i, conv, sender, key) AS (VALUES {values})"
+        " SELECT p.i, c.last_seq, c.hlc_ms, c.hlc_counter,"
+        " EXISTS (SELECT 1 FROM members WHERE channel = p.conv AND user = p.sender),"
+        " d.seq, d.ord, m.hlc_ms, m.hlc_counter, s.entered"
+        " FROM p LEFT JOIN conversations c ON c.conversation = p.conv"
+        " LEFT JOIN dedup d ON d.sender = p.sender AND d.conversation = p.conv AND d.key = p.key"
+        " LEFT JOIN messages m ON m.conversation = d.conversation AND m.seq = d.seq"
+        " LEFT JOIN dedup_senders s ON s.sender = p.sender"
+    )
+
+
+def write_posts(
+    conn: sqlite3.Connection,
+    *,
+    evictions: Sequence[tuple[str, int]],
+    messages: Sequence[tuple[str, int, str, str, int, int, str]],
+    keys: Sequence[tuple[str, str, str, int, int]],
+    updated: Sequence[tuple[int, int, int, str]],
+    created: Sequence[tuple[str, int, int, int]],
+    senders: Sequence[tuple[str, int]],
+) -> None:
+    """The writes of a run of posts, one statement per table: ``evictions`` (sender, n) deletes
+    the sender's ``n`` oldest dedup keys by ``ord`` — first, since a key evicted and entered
+    again in the same run is among ``keys``; ``messages`` rows in :data:`MESSAGE_COLUMNS`
+    order; ``keys`` dedup rows (sender, conversation, key, seq, ord); ``updated`` conversations
+    (last_seq, hlc_ms, hlc_counter, conversation); ``created`` conversations rows (a DM's
+    first message); ``senders`` (sender, entered)."""
+    if evictions:
+        conn.executemany(
+            "DELETE FROM dedup WHERE sender = ?1 AND ord IN"
+            " (SELECT ord FROM dedup WHERE sender = ?1 ORDER BY ord LIMIT ?2)",
+            evictions,
+        )
+    if messages:
+        conn.executemany(
+            f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", messages
+        )
+    if keys:
+        conn.executemany(
+            "INSERT INTO dedup(sender, conversation, key, seq, ord) VALUES (?, ?, ?, ?, ?)", keys
+        )
+    if updated:
+        conn.executemany(
+            "UPDATE conversations SET last_seq = ?, hlc_ms = ?, hlc_counter = ?"
+            " WHERE conversation = ?",
+            updated,
+        )
+    if created:
+        conn.executemany(
+            "INSERT INTO conversations(conversation, last_seq, hlc_ms, hlc_counter)"
+            " VALUES (?, ?, ?, ?)",
+            created,
+        )
+    if senders:
+        conn.executemany(
+            "INSERT INTO dedup_senders(sender, entered) VALUES (?, ?)"
+            " ON CONFLICT(sender) DO UPDATE SET entered = excluded.entered",
+            senders,
+        )
 
 
 def read_channels(

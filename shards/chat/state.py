@@ -44,6 +44,7 @@ from __future__ import annotations
 import sqlite3
 import tempfile
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -84,7 +85,6 @@ from shards.chat.commands import (
     validate,
 )
 from shards.chat.schema import (
-    MESSAGE_COLUMNS,
     ChannelInfo,
     ConversationRef,
     FollowUp,
@@ -98,7 +98,9 @@ from shards.chat.schema import (
     create_schema,
     read_channels,
     read_messages,
+    read_post_contexts,
     restore_database,
+    write_posts,
 )
 
 DEDUP_WINDOW: Final = 10_000
@@ -115,7 +117,11 @@ class ChatState:
             raise ValueError("dedup_window must be at least 1")
         self._dedup_window = dedup_window
         self._path = Path(path)
-        self._conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=True)
+        # Room for the lookup statements of runs of every length (``read_post_contexts``)
+        # beside the others, so none is prepared again after being pushed out.
+        self._conn = sqlite3.connect(
+            self._path, isolation_level=None, check_same_thread=True, cached_statements=256
+        )
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         create_schema(self._conn)
@@ -133,18 +139,41 @@ class ChatState:
 
     def apply(self, entries: Sequence[Entry]) -> list[object | None]:
         """One result per entry: None for a NOOP entry or one already applied (a replay after a
-        crash is never applied twice), else a :data:`Result`. All entries commit together."""
+        crash is never applied twice), else a :data:`Result`. All entries commit together.
+
+        Consecutive PostMessages (entries that write nothing in between: NOOPs, skipped and
+        refused entries, do not interrupt them) are applied as one run by
+        :meth:`_apply_posts`; any other command first writes out the run before it, so it sees
+        the database exactly as after the previous entry."""
         results: list[object | None] = []
         if not entries:
             return results
         conn = self._conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            run: list[tuple[int, PostMessage, int]] = []  # (place in results, command, index)
             for entry in entries:
                 if entry.index <= self._applied or entry.kind is EntryKind.NOOP:
                     results.append(None)
+                    continue
+                try:
+                    cmd = decode_command(entry.data)
+                except MalformedCommand as exc:
+                    results.append(Rejected(Code.INVALID_ARGUMENT, "command", str(exc)))
+                    continue
+                bad = validate(cmd)
+                if bad is not None:
+                    results.append(bad)
+                elif type(cmd) is PostMessage:
+                    run.append((len(results), cmd, entry.index))
+                    results.append(None)  # filled in when the run is applied
                 else:
-                    results.append(self._apply_one(entry))
+                    if run:
+                        self._apply_run(run, results)
+                        run = []
+                    results.append(self._execute(cmd, entry.index))
+            if run:
+                self._apply_run(run, results)
             applied = max(self._applied, entries[-1].index)
             conn.execute("UPDATE meta SET applied_index = ?", (applied,))
             conn.execute("COMMIT")
@@ -184,18 +213,16 @@ class ChatState:
 
     # ---- applying one command ----------------------------------------------------------------
 
-    def _apply_one(self, entry: Entry) -> Result:
-        try:
-            cmd = decode_command(entry.data)
-        except MalformedCommand as exc:
-            return Rejected(Code.INVALID_ARGUMENT, "command", str(exc))
-        return self._execute(cmd, entry.index)
+    def _apply_run(
+        self, run: Sequence[tuple[int, PostMessage, int]], results: list[object | None]
+    ) -> None:
+        posted = self._apply_posts([(cmd, index) for _, cmd, index in run])
+        for (place, _, _), result in zip(run, posted, strict=True):
+            results[place] = result
 
     def _execute(self, cmd: Command, index: int) -> Result:
-        """Apply ``cmd`` as the entry at log ``index`` (inside ``apply``'s transaction)."""
-        bad = validate(cmd)
-        if bad is not None:
-            return bad
+        """Apply the valid ``cmd`` as the entry at log ``index`` (inside ``apply``'s
+        transaction)."""
         match cmd:
             case RegisterUser():
                 return self._register(cmd)
@@ -206,7 +233,7 @@ class ChatState:
             case LeaveChannel():
                 return self._leave(cmd)
             case PostMessage():
-                return self._post(cmd, index)
+                return self._apply_posts([(cmd, index)])[0]
             case MarkRead():
                 return self._mark_read(cmd)
             case SetRoute():
@@ -298,81 +325,107 @@ class ChatState:
         )
         return Left(cmd.channel, cmd.user, was_member=removed)
 
-    def _post(self, cmd: PostMessage, index: int) -> Result:
-        # Sends are most of the log, so this path is written for few statements: one read
-        # for existence, membership, dedup and the conversation's last seq and stamp (a channel
-        # always has its conversations row; a DM has one from its first message), then four
-        # writes, plus one eviction once the sender's window is full.
-        conn = self._conn
-        conv = cmd.conversation
-        last_seq, last_ms, last_counter, member, dup_seq = conn.execute(
-            "SELECT c.last_seq, c.hlc_ms, c.hlc_counter,"
-            " EXISTS (SELECT 1 FROM members WHERE channel = ?1 AND user = ?2),"
-            " (SELECT seq FROM dedup WHERE sender = ?2 AND conversation = ?1 AND key = ?3)"
-            " FROM (SELECT 1) LEFT JOIN conversations c ON c.conversation = ?1",
-            (conv, cmd.sender, cmd.idempotency_key),
-        ).fetchone()
-        pair = parse_dm(conv)
-        if pair is None and last_seq is None:
-            return _no_channel("conversation", conv)
-        if dup_seq is not None:
-            (ms, counter) = conn.execute(
-                "SELECT hlc_ms, hlc_counter FROM messages WHERE conversation = ? AND seq = ?",
-                (conv, dup_seq),
-            ).fetchone()
-            return Posted(conv, dup_seq, Hlc(ms, counter), duplicate=True)
-        if not (cmd.sender in pair if pair is not None else member):
-            return _not_in(cmd.sender, conv, pair is None, "sender")
-        given = Hlc(cmd.hlc_ms, cmd.hlc_counter)
-        if not last_seq:
-            seq, hlc = 1, given
-        else:
-            seq, hlc = last_seq + 1, max(given, Hlc(last_ms, last_counter).tick())
-        conn.execute(
-            f"INSERT INTO messages({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (conv, seq, cmd.sender, cmd.text, hlc.ms, hlc.counter, cmd.idempotency_key),
-        )
-        if last_seq is None:
-            conn.execute(
-                "INSERT INTO conversations(conversation, last_seq, hlc_ms, hlc_counter)"
-                " VALUES (?, ?, ?, ?)",
-                (conv, seq, hlc.ms, hlc.counter),
-            )
-        else:
-            conn.execute(
-                "UPDATE conversations SET last_seq = ?, hlc_ms = ?, hlc_counter = ?"
-                " WHERE conversation = ?",
-                (seq, hlc.ms, hlc.counter, conv),
-            )
-        self._remember_key(cmd, seq, index)
-        if self.capture is not None:
-            self.capture.append(Message(conv, seq, cmd.sender, cmd.text, hlc, cmd.idempotency_key))
-        follow_ups: tuple[int, ...] = ()
-        if pair is not None and last_seq is None:
-            follow_ups = self._open_dm(conv, pair)
-        return Posted(conv, seq, hlc, duplicate=False, follow_ups=follow_ups)
+    def _apply_posts(self, posts: Sequence[tuple[PostMessage, int]]) -> list[Result]:
+        """Apply valid PostMessages, each the entry at its log index, as if one by one.
 
-    def _remember_key(self, cmd: PostMessage, seq: int, index: int) -> None:
-        """Enter the key into the sender's window. ``ord`` is the log index: unique and
-        increasing on every replica. ``entered`` counts the sender's keys ever entered; once it
-        passes the window, each new key evicts exactly the oldest, so the sender keeps
-        ``min(entered, window)`` keys: exactly the newest ``window``."""
+        Sends are most of the log and every replica applies every one, so a run costs one
+        lookup statement for all its posts (``read_post_contexts``: each conversation's row,
+        membership, the key's dedup entry, the sender's count) and one write statement per
+        table (``write_posts``), instead of five or six statements per post. In between, the
+        run's own effects are kept here: each conversation's last seq and stamp, and each
+        sender's window — the keys the run entered, oldest first, and how many of the keys the
+        table held before the run it has evicted. Those are always the oldest by ``ord``, as
+        every key of the run is newer than any key already in the table; and the table holds
+        ``min(entered, dedup_window)`` keys of the sender (the window's invariant, see
+        :class:`_Window`), so the run knows when only its own keys are left to evict."""
         conn = self._conn
-        conn.execute(
-            "INSERT INTO dedup(sender, conversation, key, seq, ord) VALUES (?, ?, ?, ?, ?)",
-            (cmd.sender, cmd.conversation, cmd.idempotency_key, seq, index),
+        contexts = read_post_contexts(
+            conn, [(cmd.conversation, cmd.sender, cmd.idempotency_key) for cmd, _ in posts]
         )
-        (entered,) = conn.execute(
-            "INSERT INTO dedup_senders(sender, entered) VALUES (?, 1) ON CONFLICT(sender)"
-            " DO UPDATE SET entered = entered + 1 RETURNING entered",
-            (cmd.sender,),
-        ).fetchone()
-        if entered > self._dedup_window:
-            conn.execute(
-                "DELETE FROM dedup WHERE sender = ?1 AND ord ="
-                " (SELECT MIN(ord) FROM dedup WHERE sender = ?1)",
-                (cmd.sender,),
-            )
+        window_size = self._dedup_window
+        capture = self.capture
+        convs: dict[str, _Conversation] = {}
+        windows: dict[str, _Window] = {}
+        messages: list[tuple[str, int, str, str, int, int, str]] = []
+        results: list[Result] = []
+        for (cmd, index), ctx in zip(posts, contexts, strict=True):
+            conv, sender = cmd.conversation, cmd.sender
+            state = convs.get(conv)
+            if state is None:
+                pair = parse_dm(conv)
+                if ctx.last_seq is not None:
+                    state = _Conversation(pair, ctx.last_seq, ctx.hlc_ms or 0, ctx.hlc_counter or 0)
+                elif pair is not None:  # a DM's first message: its row is made by it
+                    state = _Conversation(pair, 0, 0, 0, stored=False)
+                else:
+                    results.append(_no_channel("conversation", conv))
+                    continue
+                convs[conv] = state
+            pair = state.pair
+            window = windows.get(sender)
+            if window is None:
+                window = windows[sender] = _Window(ctx.entered or 0, window_size)
+            key = (conv, cmd.idempotency_key)
+            mine = window.fresh.get(key)
+            if mine is not None:
+                results.append(Posted(conv, mine[0], Hlc(mine[2], mine[3]), duplicate=True))
+                continue
+            if ctx.dup_seq is not None and not self._evicted(sender, window, ctx.dup_ord):
+                hlc = Hlc(ctx.dup_hlc_ms or 0, ctx.dup_hlc_counter or 0)
+                results.append(Posted(conv, ctx.dup_seq, hlc, duplicate=True))
+                continue
+            if not (sender in pair if pair is not None else ctx.member):
+                results.append(_not_in(sender, conv, pair is None, "sender"))
+                continue
+            if state.last_seq == 0:
+                seq, ms, counter = 1, cmd.hlc_ms, cmd.hlc_counter
+            else:
+                seq = state.last_seq + 1
+                ms, counter = max((cmd.hlc_ms, cmd.hlc_counter), (state.ms, state.counter + 1))
+            state.last_seq, state.ms, state.counter, state.changed = seq, ms, counter, True
+            messages.append((conv, seq, sender, cmd.text, ms, counter, cmd.idempotency_key))
+            window.enter(key, (seq, index, ms, counter), window_size)
+            hlc = Hlc(ms, counter)
+            if capture is not None:
+                capture.append(Message(conv, seq, sender, cmd.text, hlc, cmd.idempotency_key))
+            follow_ups: tuple[int, ...] = ()
+            if pair is not None and seq == 1 and not state.stored:
+                follow_ups = self._open_dm(conv, pair)
+            results.append(Posted(conv, seq, hlc, duplicate=False, follow_ups=follow_ups))
+        write_posts(
+            conn,
+            evictions=[(s, w.evicted) for s, w in windows.items() if w.evicted],
+            messages=messages,
+            keys=[
+                (s, conv, key, seq, ord_)
+                for s, w in windows.items()
+                for (conv, key), (seq, ord_, _, _) in w.fresh.items()
+            ],
+            updated=[
+                (c.last_seq, c.ms, c.counter, conv)
+                for conv, c in convs.items()
+                if c.changed and c.stored
+            ],
+            created=[
+                (conv, c.last_seq, c.ms, c.counter)
+                for conv, c in convs.items()
+                if c.changed and not c.stored
+            ],
+            senders=[(s, w.entered) for s, w in windows.items() if w.changed],
+        )
+        return results
+
+    def _evicted(self, sender: str, window: _Window, ord_: int | None) -> bool:
+        """Whether the run evicted the sender's key entered at ``ord_`` from the table (it
+        evicted the table's ``window.evicted`` oldest keys of the sender). Read only for a
+        retried send found in the table, so it costs nothing on the common path."""
+        if window.evicted == 0 or ord_ is None:
+            return False
+        row = self._one(
+            "SELECT ord FROM dedup WHERE sender = ? ORDER BY ord LIMIT 1 OFFSET ?",
+            (sender, window.evicted - 1),
+        )
+        return row is None or ord_ <= row[0]
 
     def _open_dm(self, conv: str, pair: tuple[str, str]) -> tuple[int, ...]:
         """A DM's first message: list it for both participants and owe each a follow-up."""
@@ -638,6 +691,54 @@ class ChatState:
 
     def _channels(self, where: str, params: tuple[object, ...]) -> list[ChannelInfo]:
         return read_channels(self._conn, where, params)
+
+
+@dataclass(slots=True)
+class _Conversation:
+    """A conversation's counters while a run of posts is applied (written back at its end)."""
+
+    pair: tuple[str, str] | None
+    """The two users of a DM (None: a channel)."""
+    last_seq: int
+    ms: int
+    counter: int
+    stored: bool = True
+    """It has a ``conversations`` row (a channel always; a DM from its first message on)."""
+    changed: bool = False
+
+
+class _Window:
+    """A sender's dedup window while a run of posts is applied.
+
+    The rule: ``ord`` is the log index that entered a key (unique and increasing on every
+    replica); ``entered`` counts the sender's keys ever entered; once it passes the window
+    size, each new key evicts exactly the oldest by ``ord``. So the table always holds
+    ``min(entered, size)`` keys of the sender: exactly the newest ``size`` (the property
+    tests check this invariant on random logs)."""
+
+    __slots__ = ("changed", "entered", "evicted", "fresh", "stored")
+
+    def __init__(self, entered: int, size: int) -> None:
+        self.entered = entered
+        self.stored = min(entered, size)
+        """Keys of the sender in the table when the run began."""
+        self.evicted = 0
+        """How many of those (the oldest by ``ord``) the run has evicted."""
+        self.fresh: dict[tuple[str, str], tuple[int, int, int, int]] = {}
+        """Keys the run entered and still holds, oldest first: (conversation, key) -> (seq,
+        ord, hlc_ms, hlc_counter)."""
+        self.changed = False
+
+    def enter(self, key: tuple[str, str], entry: tuple[int, int, int, int], size: int) -> None:
+        """Enter a new key; past the window size, evict the oldest key (the table's first)."""
+        self.fresh[key] = entry
+        self.entered += 1
+        self.changed = True
+        if self.entered > size:
+            if self.evicted < self.stored:
+                self.evicted += 1
+            else:
+                del self.fresh[next(iter(self.fresh))]
 
 
 def _not_in(user: str, conv: str, channel: bool, field: str) -> Rejected:
