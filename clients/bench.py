@@ -10,7 +10,8 @@ What it does:
    every message is pushed to its sender's session and to one listener on (usually) another node;
 3. **peak**: ``--senders`` concurrent sender tasks (spread over the clients) send 200-byte
    messages back to back for ``--seconds``: acknowledged sends/s, send latency p50/p99;
-4. **half load**: the same senders paced at half the measured peak; each message carries its
+4. **half load**: the same senders paced at half the measured peak, their start times spread
+   evenly over one period so the sends arrive as a steady stream; each message carries its
    send time, and the listener's receive time minus it is the delivery latency (send → another
    subscribed client has it), p50/p99.
 
@@ -109,6 +110,7 @@ class Bench:
         latencies: list[float] = []
         stop = time.perf_counter() + seconds
         per_sender = None if rate is None else rate / self.n_senders
+        rate_or_1 = rate or 1.0
         self.deliveries = []
         self._measure_delivery = rate is not None
         pad = "x" * self.size
@@ -118,7 +120,9 @@ class Bench:
             client = self.clients[c]
             channel = self.channel(c)
             n = 0
-            start = time.perf_counter()
+            # Paced senders start evenly spread over one period, so the load arrives as a
+            # steady stream; started together they would fire in bursts of --senders sends.
+            start = time.perf_counter() + (0.0 if per_sender is None else s / rate_or_1)
             while time.perf_counter() < stop:
                 if per_sender is not None:
                     due = start + n / per_sender
