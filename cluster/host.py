@@ -19,10 +19,11 @@ for ``add_group``/``status``, synchronously between turns): asyncio is single-th
 locks are needed.
 
 Group commit: each round is ``NodeDriver.persist`` (write every group's Ready into the store),
-then the fsync on a worker thread, then ``NodeDriver.finish`` (send, apply, advance). While the
-thread is in fsync the event loop keeps accepting RPCs and peer batches — it only queues them —
-so the next round carries everything that arrived meanwhile under one fsync. Without that, the
-loop blocked in fsync saw one proposal per round (measured: 1 entry per fsync, ~250 writes/s).
+then the fsync on the node's sync thread (``cluster.syncthread``), then ``NodeDriver.finish``
+(send, apply, advance). While the thread is in fsync the event loop keeps accepting RPCs and
+peer batches — it only queues them — so the next round carries everything that arrived
+meanwhile under one fsync. Without that, the loop blocked in fsync saw one proposal per round
+(measured: 1 entry per fsync, ~250 writes/s).
 Nothing touches the replicas or the store until the fsync returns; ``stop`` waits for it.
 
 Snapshots never sit in memory: a state machine writes its snapshot into a scratch file of the
@@ -58,6 +59,7 @@ from cluster.ready import Role
 from cluster.snapshotfile import SnapshotFile
 from cluster.statemachine import FileSnapshots, GroupStateMachine
 from cluster.storage import LogStore
+from cluster.syncthread import SyncThread
 from cluster.transport import Transport
 from cluster.types import NO_NODE, GroupId, NodeId
 
@@ -258,6 +260,7 @@ class NodeHost:
         self._running = False
         self._failure: BaseException | None = None
         self._syncing: asyncio.Future[None] | None = None
+        self._syncer = SyncThread(store.sync, name=f"raft-fsync-{node_id}")
         self._read_seq = 0
         # Read contexts must not repeat across restarts: a leader's late answer to a read of
         # this node's previous life must not complete a new read with the same number.
@@ -346,11 +349,12 @@ class NodeHost:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._syncing is not None:
-            # The loop was cancelled while a worker thread was in fsync: let it finish before
+            # The loop was cancelled while the sync thread was in fsync: let it finish before
             # the store is closed under it.
             with contextlib.suppress(Exception):
                 await self._syncing
             self._syncing = None
+        self._syncer.close()
         self._fail_everything(f"node host {self.node_id} stopped")
         try:
             await self._transport.close()
@@ -512,10 +516,10 @@ class NodeHost:
                 self._transport.send(pending.early)
                 pending.early = []
             if pending.must_sync:
-                # fsync on a worker thread: meanwhile the loop keeps taking requests and
+                # fsync on the sync thread: meanwhile the loop keeps taking requests and
                 # messages (queued, not stepped), so the next round carries all of them under
                 # one fsync. Nothing touches the replicas or the store until it returns.
-                self._syncing = asyncio.ensure_future(asyncio.to_thread(self._store.sync))
+                self._syncing = self._syncer.run()
                 await asyncio.shield(self._syncing)
                 self._syncing = None
             out = driver.finish(pending)
