@@ -13,9 +13,9 @@ dispatched: woken by the last result, it ran before the last sender and left wit
 splitting frames for good (``python -m clients bench``, 8 awaiting senders per session: ~2
 sends per frame, 460-550 sends/s; a 5 ms linger mended it to 660-960 sends/s, and the fake
 gateway of ``python -m clients.bench_local`` now shows 8 sends per frame with or without
-it). The linger bounds what a send can wait behind a slow frame, and the frame limit still
-lets a stuck frame (a group in election) be overtaken. Results come back matched by
-idempotency key.
+it, so it defaults to 0). The linger bounds what a send can wait behind a slow frame, and the
+frame limit still lets a stuck frame (a group in election) be overtaken. Results come back
+matched by idempotency key.
 
 Why it survives failover without losing or doubling anything (DESIGN.md guarantees 3 and 4):
 
@@ -107,7 +107,7 @@ class SessionOptions:
     """How long to wait for a node to answer the resume with ``Resumed``."""
     max_frames_in_flight: int = 2
     """Frames of sends written but not fully answered; more sends wait and coalesce."""
-    frame_linger: float = 0.005
+    frame_linger: float = 0.0
     """Seconds a send may wait for more sends to join its frame while another frame is out
     (none: a frame goes at once when nothing is out)."""
     event_buffer: int = 100_000
