@@ -1,5 +1,6 @@
-"""Chat commands: what a gateway proposes to a group's Raft log, what applying one returns, the
-input rules both share, and the byte encoding of a command in a log entry.
+"""Chat commands: what a gateway proposes to a group's Raft log, the input rules the gateway and
+apply share, and the byte encoding of a command in a log entry. What applying one returns (and
+the HLC stamp) is in ``results``, re-exported here.
 
 Why the rules live here and not in the service: every replica must reach the same verdict on the
 same bytes, so :func:`validate` is part of the replicated state machine (``ChatState.apply`` calls
@@ -33,6 +34,24 @@ import re
 from dataclasses import dataclass, fields
 from typing import Final
 
+# Re-exported: importers of the results from here predate the ``results`` module.
+from shards.chat.results import ChannelCreated as ChannelCreated
+from shards.chat.results import Code as Code
+from shards.chat.results import DmAdded as DmAdded
+from shards.chat.results import FollowUpAcked as FollowUpAcked
+from shards.chat.results import Hlc as Hlc
+from shards.chat.results import Joined as Joined
+from shards.chat.results import Left as Left
+from shards.chat.results import Posted as Posted
+from shards.chat.results import ReadMarked as ReadMarked
+from shards.chat.results import Rejected as Rejected
+from shards.chat.results import Result as Result
+from shards.chat.results import RouteDropped as RouteDropped
+from shards.chat.results import RouteSet as RouteSet
+from shards.chat.results import SessionClosed as SessionClosed
+from shards.chat.results import SessionOpened as SessionOpened
+from shards.chat.results import UserRegistered as UserRegistered
+
 FORMAT_VERSION: Final = 1
 
 NAME_PATTERN: Final = re.compile(r"[a-z0-9_-]{1,32}")
@@ -55,23 +74,6 @@ DM_PREFIX: Final = "dm:"
 
 class MalformedCommand(ValueError):
     """Bytes that are not a command of this format version."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Hybrid logical clock stamps.
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class Hlc:
-    """A hybrid-logical-clock stamp: wall milliseconds, then a counter. Ordered as a tuple."""
-
-    ms: int
-    counter: int
-
-    def tick(self) -> Hlc:
-        """The smallest stamp strictly after this one."""
-        return Hlc(self.ms, self.counter + 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,142 +250,6 @@ _LAYOUT: Final[dict[CommandKind, tuple[type, ...]]] = {
     kind: tuple(_FIELD_TYPES[str(f.type)] for f in fields(cls)) for kind, cls in _CLASSES.items()
 }
 """Each kind's field types in declaration order (the JSON array's layout)."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Results.
-# ---------------------------------------------------------------------------------------------
-
-
-class Code(enum.Enum):
-    """Why a command was refused; the names are gRPC status codes (``grpc.StatusCode[c.name]``)."""
-
-    NOT_FOUND = "NOT_FOUND"
-    ALREADY_EXISTS = "ALREADY_EXISTS"
-    PERMISSION_DENIED = "PERMISSION_DENIED"
-    INVALID_ARGUMENT = "INVALID_ARGUMENT"
-    FAILED_PRECONDITION = "FAILED_PRECONDITION"
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """The command changed nothing. ``field`` names the offending command field (``"command"``
-    for bytes that did not decode)."""
-
-    code: Code
-    field: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class UserRegistered:
-    user: str
-    duplicate: bool
-    """The identical RegisterUser was applied before (a retried proposal): nothing written."""
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelCreated:
-    channel: str
-    duplicate: bool
-    """The identical CreateChannel was applied before (a retried proposal): nothing written."""
-
-
-@dataclass(frozen=True, slots=True)
-class Joined:
-    channel: str
-    user: str
-    already_member: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Left:
-    channel: str
-    user: str
-    was_member: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Posted:
-    """The message's place in its conversation. ``duplicate``: the sender's idempotency key was
-    seen in this conversation before; ``seq``/``hlc`` are the original message's, nothing was
-    written. ``follow_ups``: outbox ids created (a DM's first message), for the service to run."""
-
-    conversation: str
-    seq: int
-    hlc: Hlc
-    duplicate: bool
-    follow_ups: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class ReadMarked:
-    user: str
-    conversation: str
-    read_seq: int
-    """The marker after the command (unchanged when ``seq`` was not ahead of it)."""
-    unread: int
-
-
-@dataclass(frozen=True, slots=True)
-class RouteSet:
-    user: str
-    session_id: str
-    gateway_node: int
-    previous_node: int
-    """Where the session was routed before (0: nowhere), so the old gateway can be told."""
-
-
-@dataclass(frozen=True, slots=True)
-class RouteDropped:
-    user: str
-    session_id: str
-    dropped: bool
-
-
-@dataclass(frozen=True, slots=True)
-class DmAdded:
-    user: str
-    conversation: str
-    added: bool
-    """False when the conversation was already listed (a repeated follow-up)."""
-
-
-@dataclass(frozen=True, slots=True)
-class FollowUpAcked:
-    outbox_id: int
-    existed: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SessionOpened:
-    user: str
-    duplicate: bool
-    """The identical OpenSession was applied before (a retried proposal): nothing written."""
-
-
-@dataclass(frozen=True, slots=True)
-class SessionClosed:
-    user: str
-    closed: bool
-    """False when there was no such open session of ``user`` (a repeated logout)."""
-
-
-Result = (
-    Rejected
-    | UserRegistered
-    | ChannelCreated
-    | Joined
-    | Left
-    | Posted
-    | ReadMarked
-    | RouteSet
-    | RouteDropped
-    | DmAdded
-    | FollowUpAcked
-    | SessionOpened
-    | SessionClosed
-)
 
 
 # ---------------------------------------------------------------------------------------------
