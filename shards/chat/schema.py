@@ -10,7 +10,9 @@ Tables (``WITHOUT ROWID`` where rows are small and always found by their key):
   transaction as the effects of the entries up to it.
 - ``users(name PK, display_name, password_hash, created_ms)``
 - ``channels(name PK, creator, created_ms)``
-- ``members(channel, user, joined_ms)`` PK (channel, user), index (user, channel).
+- ``members(channel, user, joined_ms, joined_seq)`` PK (channel, user), index (user, channel);
+  ``joined_seq`` is the channel's last seq when the user joined (what a session that missed the
+  join pushes from).
 - ``conversations(conversation PK, last_seq, hlc_ms, hlc_counter)`` — one row per channel (made
   at creation) and per DM this group holds (made by its first message): the last seq given out
   and the last stamp, which the next message's seq and stamp follow.
@@ -53,7 +55,8 @@ _DDL: Final = (
     "CREATE TABLE IF NOT EXISTS channels (name TEXT PRIMARY KEY, creator TEXT NOT NULL,"
     " created_ms INTEGER NOT NULL) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS members (channel TEXT NOT NULL, user TEXT NOT NULL,"
-    " joined_ms INTEGER NOT NULL, PRIMARY KEY (channel, user)) WITHOUT ROWID",
+    " joined_ms INTEGER NOT NULL, joined_seq INTEGER, PRIMARY KEY (channel, user))"
+    " WITHOUT ROWID",
     "CREATE INDEX IF NOT EXISTS members_by_user ON members(user, channel)",
     "CREATE TABLE IF NOT EXISTS conversations (conversation TEXT PRIMARY KEY,"
     " last_seq INTEGER NOT NULL, hlc_ms INTEGER NOT NULL, hlc_counter INTEGER NOT NULL)"
@@ -107,9 +110,14 @@ MESSAGE_COLUMNS: Final = "conversation, seq, sender, text, hlc_ms, hlc_counter, 
 
 
 def create_schema(conn: sqlite3.Connection) -> None:
-    """Create what is missing (idempotent: also run after a restore)."""
+    """Create what is missing (idempotent: also run after a restore), and bring a database of
+    an earlier version up to this one: ``members.joined_seq`` came later, NULL for the rows
+    written before (their join point is unknown, which readers treat as "now")."""
     for statement in _DDL:
         conn.execute(statement)
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(members)")}
+    if "joined_seq" not in columns:
+        conn.execute("ALTER TABLE members ADD COLUMN joined_seq INTEGER")
 
 
 def canonical_dump(conn: sqlite3.Connection) -> dict[str, list[tuple[object, ...]]]:
@@ -179,6 +187,9 @@ class ConversationRef:
     peer: str | None
     last_seq: int | None
     read_seq: int
+    joined_seq: int | None = None
+    """A channel's last seq when the user joined it (None: a DM, or a join written before this
+    was recorded)."""
 
 
 @dataclass(frozen=True, slots=True)

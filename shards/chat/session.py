@@ -303,9 +303,13 @@ class ChatSession:
         for ref in found:
             if ref.last_seq is None or ref.conversation in self._cursors:
                 continue
-            # Entered while events were missed. A DM is new: all of it. A channel is followed
-            # from now (where the user joined is not recorded); History has the rest.
-            self._track(ref.conversation, 0 if ref.peer else ref.last_seq)
+            # Entered while events were missed. A DM is new: all of it. A channel from where
+            # the user joined it (from now for a join recorded before joined_seq existed).
+            if ref.peer:
+                self._track(ref.conversation, 0)
+            else:
+                joined = ref.joined_seq
+                self._track(ref.conversation, ref.last_seq if joined is None else joined)
         mine = {
             c: cur for c, cur in self._cursors.items() if self._svc.conversation_group(c) == group
         }

@@ -301,7 +301,7 @@ class ChatState:
             (cmd.channel,),
         )
         conn.execute(
-            "INSERT INTO members(channel, user, joined_ms) VALUES (?, ?, ?)",
+            "INSERT INTO members(channel, user, joined_ms, joined_seq) VALUES (?, ?, ?, 0)",
             (cmd.channel, cmd.creator, cmd.created_ms),
         )
         return ChannelCreated(cmd.channel, duplicate=False)
@@ -310,7 +310,8 @@ class ChatState:
         if not self._channel_exists(cmd.channel):
             return no_channel("channel", cmd.channel)
         added = self._write(
-            "INSERT OR IGNORE INTO members(channel, user, joined_ms) VALUES (?, ?, ?)",
+            "INSERT OR IGNORE INTO members(channel, user, joined_ms, joined_seq)"
+            " SELECT ?1, ?2, ?3, last_seq FROM conversations WHERE conversation = ?1",
             (cmd.channel, cmd.user, cmd.ms),
         )
         return Joined(cmd.channel, cmd.user, already_member=not added)
@@ -430,9 +431,10 @@ class ChatState:
         """The channels of this group ``user`` is a member of and the DMs this group lists for
         them, by conversation id."""
         rows = self._conn.execute(
-            "SELECT u.conversation, u.peer, c.last_seq, COALESCE(r.seq, 0) FROM"
-            " (SELECT channel AS conversation, NULL AS peer FROM members WHERE user = ?1"
-            "  UNION ALL SELECT conversation, peer FROM user_conversations WHERE user = ?1) u"
+            "SELECT u.conversation, u.peer, c.last_seq, COALESCE(r.seq, 0), u.joined_seq FROM"
+            " (SELECT channel AS conversation, NULL AS peer, joined_seq FROM members"
+            "  WHERE user = ?1"
+            "  UNION ALL SELECT conversation, peer, NULL FROM user_conversations WHERE user = ?1) u"
             " LEFT JOIN conversations c ON c.conversation = u.conversation"
             " LEFT JOIN read_markers r ON r.user = ?1 AND r.conversation = u.conversation"
             " ORDER BY u.conversation",

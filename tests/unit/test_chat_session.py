@@ -650,12 +650,6 @@ def test_resync_rereads_the_group_and_picks_up_conversations_entered_meanwhile(
     run(tmp_path, body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (minor): Resync tracks a channel entered meanwhile from its last seq at the "
-    "re-read, so messages posted between the missed join and the re-read are never pushed "
-    "and no Gap announces them (the live join event starts from the join's last_seq)",
-)
 def test_resync_pushes_what_came_after_a_missed_join(tmp_path: Path) -> None:
     async def body(w: World) -> None:
         await alice_bob_general(w)

@@ -5,6 +5,7 @@ markers, routes, follow-ups), every rejection, the encoding, and the GroupStateM
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import cast
@@ -702,3 +703,45 @@ def test_restore_from_an_empty_snapshot_and_reopen(general: Replica, tmp_path: P
     finally:
         reopened.close()
     general.sm = ChatState(general.path)  # for the fixture's cleanup
+
+
+# ---- where a member joined -----------------------------------------------------------------------
+
+
+def test_a_join_records_the_channel_seq_it_happened_at(general: Replica) -> None:
+    general.post("general", "alice", "k1")
+    general.post("general", "bob", "k2")
+    general.run(CreateChannel("random", "carol", 3), JoinChannel("random", "alice", 4))
+    general.one(JoinChannel("general", "carol", 5))
+    general.post("general", "carol", "k3")
+    general.one(JoinChannel("general", "carol", 6))  # again: the first join point stays
+    joined = {
+        (ref.conversation, user): ref.joined_seq
+        for user in ("alice", "bob", "carol")
+        for ref in general.sm.conversations_of(user)
+    }
+    assert joined == {
+        ("general", "alice"): 0,  # created it
+        ("general", "bob"): 0,
+        ("random", "alice"): 0,
+        ("general", "carol"): 2,
+        ("random", "carol"): 0,
+    }
+
+
+def test_a_database_from_before_joined_seq_is_brought_up_to_date(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    first = Replica(path)
+    first.run(CreateChannel("general", "alice", 1), JoinChannel("general", "bob", 2))
+    first.sm.close()
+    conn = sqlite3.connect(path, isolation_level=None)  # the members table as it used to be
+    conn.execute("ALTER TABLE members DROP COLUMN joined_seq")
+    conn.close()
+    again = Replica(path)
+    try:
+        assert [r.joined_seq for r in again.sm.conversations_of("bob")] == [None]  # unknown
+        again.post("general", "alice", "k1")
+        again.one(JoinChannel("general", "carol", 3))
+        assert [r.joined_seq for r in again.sm.conversations_of("carol")] == [1]
+    finally:
+        again.sm.close()
