@@ -57,7 +57,7 @@ from cluster.messages import Entry, Message, Snapshot, SnapshotMeta
 from cluster.raft import Replica
 from cluster.ready import Role
 from cluster.snapshotfile import SnapshotFile
-from cluster.statemachine import FileSnapshots, GroupStateMachine
+from cluster.statemachine import DeferredCommit, FileSnapshots, GroupStateMachine
 from cluster.storage import LogStore
 from cluster.syncthread import SyncThread
 from cluster.transport import Transport
@@ -69,6 +69,8 @@ DEFAULT_COMPACT_AFTER = 10_000
 """Applied entries since the last snapshot after which a group takes a new one."""
 MAX_ROUNDS_PER_TURN = 8
 """``process_ready`` rounds in one turn before the loop yields to inbound I/O."""
+FLUSH_INTERVAL = 0.01
+"""Seconds a ``DeferredCommit`` state machine may hold applied effects uncommitted."""
 DEFAULT_INBOX_LIMIT = 200_000
 """Inbound messages waiting for the loop beyond which new ones are dropped (and counted)."""
 
@@ -143,6 +145,7 @@ class _Group:
     """What the host keeps per hosted group besides the replica itself."""
 
     __slots__ = (
+        "deferred",
         "id",
         "pending",
         "queued",
@@ -161,6 +164,7 @@ class _Group:
         self.id = group
         self.replica = replica
         self.sm = sm
+        self.deferred = sm if isinstance(sm, DeferredCommit) else None
         self.voters = voters
         self.queued: list[tuple[bytes, asyncio.Future[object]]] = []
         self.pending: dict[int, _Pending] = {}  # log index -> the proposal waiting for it
@@ -261,6 +265,9 @@ class NodeHost:
         self._failure: BaseException | None = None
         self._syncing: asyncio.Future[None] | None = None
         self._syncer = SyncThread(store.sync, name=f"raft-fsync-{node_id}")
+        self._unflushed: set[GroupId] = set()
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._flush_due = False
         self._read_seq = 0
         # Read contexts must not repeat across restarts: a leader's late answer to a read of
         # this node's previous life must not complete a new read with the same number.
@@ -340,6 +347,8 @@ class NodeHost:
         if self._tick_handle is not None:
             self._tick_handle.cancel()
             self._tick_handle = None
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
         task, self._task = self._task, None
         self._running = False
         if self._failure is None:
@@ -355,6 +364,8 @@ class NodeHost:
                 await self._syncing
             self._syncing = None
         self._syncer.close()
+        with contextlib.suppress(Exception):  # their owners close (and flush) them anyway
+            self._flush()
         self._fail_everything(f"node host {self.node_id} stopped")
         try:
             await self._transport.close()
@@ -497,6 +508,8 @@ class NodeHost:
     async def _turn(self) -> None:
         self._turns += 1
         driver = self._driver
+        if self._flush_due:
+            self._flush()
         if self._tick_due:
             self._tick_due = False
             driver.tick()
@@ -633,6 +646,11 @@ class NodeHost:
                 f"{len(entries)} entries"
             )
         self._applied_now.add(group)
+        if g.deferred is not None:
+            self._unflushed.add(group)
+            if self._flush_handle is None:
+                loop = asyncio.get_running_loop()
+                self._flush_handle = loop.call_later(FLUSH_INTERVAL, self._on_flush_due)
         pending = g.pending
         if not pending:
             return
@@ -648,6 +666,20 @@ class NodeHost:
                         f"group {group}: entry {entry.index} was overwritten by term {entry.term}"
                     )
                 )
+
+    def _on_flush_due(self) -> None:
+        self._flush_due = True
+        self._wake.set()
+
+    def _flush(self) -> None:
+        """Commit every deferred state machine applied to since the last flush."""
+        self._flush_due = False
+        self._flush_handle = None
+        groups, self._unflushed = self._unflushed, set()
+        for group in groups:
+            deferred = self._groups[group].deferred
+            if deferred is not None:
+                deferred.flush()
 
     def _restore(self, group: GroupId, snapshot: Snapshot) -> None:
         g = self._groups[group]

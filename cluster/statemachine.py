@@ -85,6 +85,17 @@ class BytesSnapshots(StateMachineBase, Protocol):
         ...
 
 
+@runtime_checkable
+class DeferredCommit(Protocol):
+    """A state machine that may leave what ``apply`` did uncommitted across calls (one storage
+    transaction for many rounds) until ``flush()``. The host flushes it within
+    ``cluster.host.FLUSH_INTERVAL`` of an apply; the state machine flushes itself before a
+    snapshot, a restore and closing. Durability is not lost: the log holds every applied entry,
+    and ``applied_index()`` is committed with the effects it covers."""
+
+    def flush(self) -> None: ...
+
+
 GroupStateMachine: TypeAlias = FileSnapshots | BytesSnapshots
 """The contract between the node host and one group's application state: one of the two."""
 

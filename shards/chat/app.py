@@ -101,7 +101,7 @@ class ChatApp:
 
     def state_machine(self, group: GroupId, path: Path) -> FeedingChatState:
         """The state machine for a hosted group (call before the host starts)."""
-        sm = FeedingChatState(path, group, self.feed)
+        sm = FeedingChatState(path, group, self.feed, defer_commit=True)
         self.machines[group] = sm
         return sm
 

@@ -163,8 +163,10 @@ class Feed:
 class FeedingChatState(ChatState):
     """A ChatState that publishes what each applied batch did."""
 
-    def __init__(self, path: str | Path, group: GroupId, feed: Feed) -> None:
-        super().__init__(path)
+    def __init__(
+        self, path: str | Path, group: GroupId, feed: Feed, *, defer_commit: bool = False
+    ) -> None:
+        super().__init__(path, defer_commit=defer_commit)
         self._group = group
         self._feed = feed
 

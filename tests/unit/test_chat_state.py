@@ -745,3 +745,42 @@ def test_a_database_from_before_joined_seq_is_brought_up_to_date(tmp_path: Path)
         assert [r.joined_seq for r in again.sm.conversations_of("carol")] == [1]
     finally:
         again.sm.close()
+
+
+# ---- deferred commits ----------------------------------------------------------------------------
+
+
+def _committed_messages(path: Path) -> int:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM messages").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_deferred_commits_reach_the_file_on_flush_and_a_crash_replays(tmp_path: Path) -> None:
+    path = tmp_path / "deferred.db"
+    sm = ChatState(path, defer_commit=True)
+    log = [
+        Entry(1, 1, encode_command(CreateChannel("general", "alice", 1))),
+        Entry(1, 2, encode_command(PostMessage("general", "alice", "k1", "one", 5, 0))),
+    ]
+    sm.apply(log)
+    assert sm.history("general").messages[0].text == "one"  # visible on its own connection
+    assert _committed_messages(path) == 0  # not yet in the file for anyone else
+    sm.flush()
+    assert _committed_messages(path) == 1
+    more = [
+        Entry(1, 3, encode_command(PostMessage("general", "alice", "k2", "two", 6, 0))),
+        Entry(1, 4, encode_command(PostMessage("general", "alice", "k3", "three", 7, 0))),
+    ]
+    results = sm.apply(more)
+    sm._conn.close()  # a crash: the open transaction is lost, unflushed
+    again = ChatState(path, defer_commit=True)
+    try:
+        assert again.applied_index() == 2  # the committed point, with its effects
+        assert again.apply(log + more)[2:] == results  # replayed from there, the same answers
+        assert [m.text for m in again.history("general").messages] == ["one", "two", "three"]
+    finally:
+        again.close()
+    assert _committed_messages(path) == 3  # close() flushed
