@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -397,29 +397,8 @@ class GrpcTransport:
             _SEND_METHOD, request_serializer=None, response_deserializer=None
         )(None)
         call.add_done_callback(lambda _: peer.wake.set())
-        while True:
-            if call.done():
-                await call  # raises AioRpcError unless the server ended the stream cleanly
-                return
-            if not peer.queue:
-                peer.wake.clear()
-                await peer.wake.wait()
-                continue
-            data, count = self._take_batch(peer)
-            if not count:
-                continue
-            try:
-                await call.write(data)
-            except BaseException:
-                peer.dropped += count
-                raise
-            if announce:
-                announce = False
-                log.info(
-                    "node %s: link to node %s (%s) is back", self.node_id, peer.node, peer.address
-                )
-            peer.sent += count
-            peer.batches += 1
+        await self._pour(peer, call.write, call.done, announce=announce, address=peer.address)
+        await call  # raises AioRpcError unless the server ended the stream cleanly
 
     async def _ask_link(self, peer: _Peer, channel: grpc.aio.Channel) -> str:
         """Where the peer takes a plain TCP link ("" if it has none or predates links). An
@@ -443,35 +422,49 @@ class GrpcTransport:
         reader, writer = await streamlink.open_link(address)
         closed = asyncio.ensure_future(reader.read(1))
         closed.add_done_callback(lambda _: peer.wake.set())
+
+        async def write(data: bytes) -> None:
+            writer.write(streamlink.frame(data))
+            await writer.drain()
+
         try:
-            while True:
-                if closed.done():
-                    raise ConnectionError(f"node {peer.node} closed the link")
-                if not peer.queue:
-                    peer.wake.clear()
-                    await peer.wake.wait()
-                    continue
-                data, count = self._take_batch(peer)
-                if not count:
-                    continue
-                try:
-                    writer.write(streamlink.frame(data))
-                    await writer.drain()
-                except BaseException:
-                    peer.dropped += count
-                    raise
-                if announce:
-                    announce = False
-                    log.info(
-                        "node %s: link to node %s (%s) is back", self.node_id, peer.node, address
-                    )
-                peer.sent += count
-                peer.batches += 1
+            await self._pour(peer, write, closed.done, announce=announce, address=address)
+            raise ConnectionError(f"node {peer.node} closed the link")
         finally:
             closed.cancel()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    async def _pour(
+        self,
+        peer: _Peer,
+        write: Callable[[bytes], Awaitable[None]],
+        ended: Callable[[], bool],
+        *,
+        announce: bool,
+        address: str,
+    ) -> None:
+        """Write everything queued for ``peer``, batch by batch, until ``ended()`` (the link is
+        over; the caller tells how). A batch whose write fails is dropped and counted."""
+        while not ended():
+            if not peer.queue:
+                peer.wake.clear()
+                await peer.wake.wait()
+                continue
+            data, count = self._take_batch(peer)
+            if not count:
+                continue
+            try:
+                await write(data)
+            except BaseException:
+                peer.dropped += count
+                raise
+            if announce:
+                announce = False
+                log.info("node %s: link to node %s (%s) is back", self.node_id, peer.node, address)
+            peer.sent += count
+            peer.batches += 1
 
     def _take_batch(self, peer: _Peer) -> tuple[bytes, int]:
         """Everything queued for ``peer`` (up to the batch byte cap) as one serialized batch."""
