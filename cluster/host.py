@@ -25,6 +25,8 @@ peer batches — it only queues them — so the next round carries everything th
 meanwhile under one fsync. Without that, the loop blocked in fsync saw one proposal per round
 (measured: 1 entry per fsync, ~250 writes/s).
 Nothing touches the replicas or the store until the fsync returns; ``stop`` waits for it.
+State machines that defer their own commits (``DeferredCommit``) are flushed from the loop
+within ``FLUSH_INTERVAL`` of an apply, never in the middle of one.
 
 Snapshots never sit in memory: a state machine writes its snapshot into a scratch file of the
 store's directory, the store copies it into a staged snapshot file, and the replica keeps (and
