@@ -6,7 +6,9 @@ proposals or reads, then does one turn for ALL groups:
 1. tick every replica if a tick is due (idle groups cost exactly this);
 2. step every inbound message;
 3. flush queued proposals as ONE ``propose_batch`` per group (many concurrent ``propose()``
-   calls in one turn become one batch: this is where throughput comes from), and queued reads
+   and ``propose_many()`` calls in one turn become one batch: this is where throughput comes
+   from; a ``propose_many`` call costs one future and one timeout however many commands it
+   carries), and queued reads
    as one ``read_index`` per group;
 4. ``NodeDriver.process_ready()`` while there is work (bounded per turn): persist every group,
    ONE fsync, send, apply, advance (the contract of ``cluster.ready``);
@@ -137,10 +139,18 @@ class HostStats:
     snapshots_taken: int
 
 
-@dataclass(slots=True)
-class _Pending:
-    term: int
-    future: asyncio.Future[object]
+class _Proposal:
+    """One ``propose``/``propose_many`` call: its commands become consecutive entries of one
+    batch, and its single future gets every entry's result once the last one is applied."""
+
+    __slots__ = ("data", "future", "left", "results", "term")
+
+    def __init__(self, data: list[bytes], future: asyncio.Future[list[object]]) -> None:
+        self.data = data
+        self.future = future
+        self.results: list[object] = [None] * len(data)
+        self.left = len(data)
+        self.term = 0
 
 
 class _Group:
@@ -168,8 +178,9 @@ class _Group:
         self.sm = sm
         self.deferred = sm if isinstance(sm, DeferredCommit) else None
         self.voters = voters
-        self.queued: list[tuple[bytes, asyncio.Future[object]]] = []
-        self.pending: dict[int, _Pending] = {}  # log index -> the proposal waiting for it
+        self.queued: list[_Proposal] = []
+        # log index -> the proposal waiting for it and the entry's slot in it
+        self.pending: dict[int, tuple[_Proposal, int]] = {}
         self.read_queue: list[asyncio.Future[None]] = []
         self.reads: dict[bytes, list[asyncio.Future[None]]] = {}  # read context -> waiters
         meta = replica.snapshot_meta
@@ -382,13 +393,26 @@ class NodeHost:
         group, ProposalDropped if the leader refuses load for now, ProposalLost if the entry
         will not be confirmed here, TimeoutError past ``timeout`` seconds (the outcome is then
         unknown), UnknownGroup, HostStopped."""
+        return (await self.propose_many(group, (data,), timeout))[0]
+
+    async def propose_many(
+        self, group: GroupId, data: Sequence[bytes], timeout: float
+    ) -> list[object]:
+        """Replicate every command of ``data`` in ``group``, as consecutive entries in this
+        order, and return their results in the same order — like ``propose`` for each, but
+        with one future and one timeout for the lot, which is what a batch of a hundred
+        commands should cost. All or nothing for the caller: if any entry is lost or the
+        timeout passes, the call raises as ``propose`` does, and the outcome of each entry is
+        unknown (some may have been applied; the commands must be idempotent to retry)."""
         g = self._hosted(group)
         self._check_running()
         replica = g.replica
         if replica.role is not Role.LEADER:
             raise NotLeader(replica.leader)
-        future: asyncio.Future[object] = asyncio.get_running_loop().create_future()
-        g.queued.append((data, future))
+        if not data:
+            return []
+        future: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
+        g.queued.append(_Proposal(list(data), future))
         self._proposing.add(group)
         self._wake.set()
         async with asyncio.timeout(timeout):
@@ -551,26 +575,30 @@ class NodeHost:
     def _flush_proposals(self) -> None:
         for group in self._proposing:
             g = self._groups[group]
-            live = [(d, f) for d, f in g.queued if not f.done()]
+            live = [p for p in g.queued if not p.future.done()]
             g.queued = []
             if not live:
                 continue
             replica = g.replica
+            data = live[0].data if len(live) == 1 else [d for p in live for d in p.data]
             try:
-                first = replica.propose_batch([d for d, _ in live])
+                index = replica.propose_batch(data)
             except NotLeader as exc:
-                for _, f in live:
-                    f.set_exception(NotLeader(exc.leader))
+                for p in live:
+                    p.future.set_exception(NotLeader(exc.leader))
                 continue
             except ProposalDropped as exc:
-                for _, f in live:
-                    f.set_exception(ProposalDropped(str(exc)))
+                for p in live:
+                    p.future.set_exception(ProposalDropped(str(exc)))
                 continue
             term = replica.term
             pending = g.pending
-            for i, (_, f) in enumerate(live):
-                pending[first + i] = _Pending(term, f)
-            self._proposals += len(live)
+            for p in live:
+                p.term = term
+                for slot in range(len(p.data)):
+                    pending[index] = (p, slot)
+                    index += 1
+            self._proposals += len(data)
             self._proposal_batches += 1
         self._proposing.clear()
 
@@ -657,11 +685,17 @@ class NodeHost:
         if not pending:
             return
         for entry, result in zip(entries, results, strict=True):
-            p = pending.pop(entry.index, None)
-            if p is None or p.future.done():
+            held = pending.pop(entry.index, None)
+            if held is None:
+                continue
+            p, slot = held
+            if p.future.done():
                 continue
             if p.term == entry.term:
-                p.future.set_result(result)
+                p.results[slot] = result
+                p.left -= 1
+                if p.left == 0:
+                    p.future.set_result(p.results)
             else:
                 p.future.set_exception(
                     ProposalLost(
@@ -703,15 +737,15 @@ class NodeHost:
 
     def _fail_pending(self, g: _Group, why: str) -> None:
         pending, g.pending = g.pending, {}
-        for p in pending.values():
+        for p, _ in pending.values():
             if not p.future.done():
                 p.future.set_exception(ProposalLost(f"{why}; the outcome is unknown"))
 
     def _fail_everything(self, why: str) -> None:
         for g in self._groups.values():
-            futures: list[asyncio.Future[object] | asyncio.Future[None]] = []
-            futures.extend(f for _, f in g.queued)
-            futures.extend(p.future for p in g.pending.values())
+            futures: list[asyncio.Future[list[object]] | asyncio.Future[None]] = []
+            futures.extend(p.future for p in g.queued)
+            futures.extend(p.future for p, _ in g.pending.values())
             futures.extend(g.read_queue)
             for waiting in g.reads.values():
                 futures.extend(waiting)

@@ -10,7 +10,6 @@ idempotency keys exist for that).
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, NoReturn
 
 import grpc
@@ -92,9 +91,7 @@ class ShardLogService(_Base, npb_grpc.ShardLogServicer):
         assert host is not None
         timeout = _budget(context)
         try:
-            results = await asyncio.gather(
-                *(host.propose(group, bytes(r), timeout) for r in request.records)
-            )
+            results = await host.propose_many(group, request.records, timeout)
         except NotLeader as exc:
             if exc.leader == NO_NODE:
                 await context.abort(

@@ -9,7 +9,6 @@ into the registered query types (:data:`QUERY_TYPES`).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Final, NoReturn
 
@@ -90,9 +89,7 @@ class ChatInternalService(ipb_grpc.ChatInternalServicer):
             )
         timeout = _timeout(request.timeout_ms)
         try:
-            results = await asyncio.gather(
-                *(self._host.propose(group, bytes(c), timeout) for c in request.commands)
-            )
+            results = await self._host.propose_many(group, request.commands, timeout)
         except NotLeader as exc:
             await self._not_here(context, group, exc.leader)
         except (ProposalDropped, ProposalLost, TimeoutError, HostStopped) as exc:

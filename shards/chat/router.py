@@ -212,9 +212,7 @@ class ClusterRouter:
         self, group: GroupId, data: Sequence[bytes], timeout: float
     ) -> list[object]:
         try:
-            return list(
-                await asyncio.gather(*(self._host.propose(group, d, timeout) for d in data))
-            )
+            return await self._host.propose_many(group, data, timeout)
         except NotLeader as exc:
             raise _Retry(f"node {self._me} does not lead group {group}", exc.leader) from exc
         except (ProposalDropped, ProposalLost, TimeoutError) as exc:

@@ -253,6 +253,49 @@ def test_elect_replicate_route_and_read(tmp_path: Path) -> None:
     run(with_cluster(tmp_path, body))
 
 
+def test_propose_many_keeps_each_call_contiguous_and_in_order(tmp_path: Path) -> None:
+    """``propose_many`` calls and single ``propose`` calls queued in the same turn share one
+    batch, yet each call's commands are consecutive entries in its own order, and each call
+    gets exactly its own results."""
+
+    async def body(cluster: Cluster) -> None:
+        leaders = await cluster.elected()
+        g = GROUPS[0]
+        host = leaders[g].host
+        assert await host.propose_many(g, [], timeout=1.0) == []
+        calls = [[f"c{c}-r{r}".encode() for r in range(1 + c % 7)] for c in range(40)]
+        singles = [f"single-{i}".encode() for i in range(10)]
+        outcomes = await asyncio.gather(
+            *(host.propose_many(g, call, timeout=DEADLINE) for call in calls),
+            *(host.propose(g, data, timeout=DEADLINE) for data in singles),
+        )
+        many, one = outcomes[: len(calls)], outcomes[len(calls) :]
+        log = await eventually(partial(cluster.converged, g), f"group {g} converged")
+        for call, positions in zip(calls, many, strict=True):
+            assert isinstance(positions, list) and len(positions) == len(call)
+            first = positions[0]
+            assert positions == list(range(first, first + len(call))), "not contiguous"
+            assert log[first - 1 : first - 1 + len(call)] == call
+        for data, position in zip(singles, one, strict=True):
+            assert isinstance(position, int) and log[position - 1] == data
+        assert len(log) == sum(map(len, calls)) + len(singles)
+        stats = host.stats()
+        assert stats.proposal_batches < len(calls) + len(singles), "calls were not batched"
+
+        follower = next(node for node in cluster.nodes.values() if node is not leaders[g])
+        with pytest.raises(NotLeader):
+            await follower.host.propose_many(g, [b"nope"], timeout=1.0)
+        assert len(log) == len(cluster.records(follower.id, g))
+
+        # Without a quorum the call times out as a whole (its outcome unknown).
+        for n in [n for n in cluster.nodes if n != leaders[g].id]:
+            await cluster.stop(n)
+        with pytest.raises(TimeoutError):
+            await host.propose_many(g, [b"stuck-1", b"stuck-2"], timeout=0.3)
+
+    run(with_cluster(tmp_path, body))
+
+
 def test_minority_down_then_restart_catches_up(tmp_path: Path) -> None:
     async def body(cluster: Cluster) -> None:
         leaders = await cluster.elected()
