@@ -128,8 +128,9 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="print performance figures (never fails on a time)")
     bench.add_argument(
         "target",
-        choices=["core", "cluster"],
-        help="core: 3 replicas in one process, on disk; cluster: 3 node processes over gRPC",
+        choices=["core", "cluster", "snapshot"],
+        help="core: 3 replicas in one process, on disk; cluster: 3 node processes over gRPC; "
+        "snapshot: how long a local snapshot of a large state stalls a node",
     )
     bench.add_argument(
         "--in-flight", type=int, default=64, help="cluster: concurrent Append calls (default 64)"
@@ -145,6 +146,9 @@ def _parser() -> argparse.ArgumentParser:
         "--windows",
         default="64,256,4096",
         help="comma-separated proposals kept in flight, one row pair each (default 64,256,4096)",
+    )
+    bench.add_argument(
+        "--mb", type=int, default=200, help="snapshot: megabytes of state (default 200)"
     )
     bench.add_argument(
         "--data-dir",
@@ -209,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
         bench_cluster(
             seconds=args.seconds, size=args.size, in_flight=args.in_flight, batches=batches
         )
+        return 0
+    if args.target == "snapshot":
+        from cluster.bench_snapshot import bench_snapshot
+
+        if args.mb < 1:
+            print("error: --mb must be at least 1", file=sys.stderr)
+            return 2
+        bench_snapshot(args.mb, args.data_dir)
         return 0
     from cluster.bench import bench_core
 

@@ -34,11 +34,12 @@ Snapshots never sit in memory: a state machine writes its snapshot into a scratc
 store's directory, the store copies it into a staged snapshot file, and the replica keeps (and
 sends chunks from) a view of that file; a follower's replica writes incoming chunks straight into
 a staged file (``LogStore.receive_snapshot``), and the state machine restores from a view of it.
-Memory per snapshot is one chunk. Taking a snapshot still runs on the loop, though: the state
-machine's copy (SQLite's backup API) and the store's copy are disk-speed, so a large database
-stalls this node's groups for that long (heartbeats included) once every ``compact_after``
-entries. Moving it to a thread needs a second database connection reading a consistent state
-at exactly the applied index; not done yet.
+Memory per snapshot is one chunk. Nor do they stall the loop: a state machine that can pin its
+state (``BackgroundSnapshots``: SQLite, a read transaction on a second connection) is copied on a
+worker thread (``cluster.snapshotter``) and the group compacts at the turn after the copy ends.
+Only ``BytesSnapshots`` machines, small by design, are still snapshotted inside a turn, and
+restoring a leader's snapshot (rare: a follower that fell behind the leader's log) still runs on
+the loop.
 """
 
 from __future__ import annotations
@@ -61,7 +62,13 @@ from cluster.messages import Entry, Message, Snapshot, SnapshotMeta
 from cluster.raft import Replica
 from cluster.ready import Role
 from cluster.snapshotfile import SnapshotFile
-from cluster.statemachine import DeferredCommit, FileSnapshots, GroupStateMachine
+from cluster.snapshotter import BackgroundSnapshotter, TakenSnapshot
+from cluster.statemachine import (
+    BackgroundSnapshots,
+    DeferredCommit,
+    FileSnapshots,
+    GroupStateMachine,
+)
 from cluster.storage import LogStore
 from cluster.syncthread import SyncThread
 from cluster.transport import Transport
@@ -278,6 +285,7 @@ class NodeHost:
         self._failure: BaseException | None = None
         self._syncing: asyncio.Future[None] | None = None
         self._syncer = SyncThread(store.sync, name=f"raft-fsync-{node_id}")
+        self._snapshotter = BackgroundSnapshotter(store, self._wake.set)
         self._unflushed: set[GroupId] = set()
         self._flush_handle: asyncio.TimerHandle | None = None
         self._flush_due = False
@@ -380,6 +388,7 @@ class NodeHost:
         with contextlib.suppress(Exception):  # their owners close (and flush) them anyway
             self._flush()
         self._fail_everything(f"node host {self.node_id} stopped")
+        await self._snapshotter.close()  # copies on worker threads write into the store's dir
         try:
             await self._transport.close()
         finally:
@@ -536,6 +545,9 @@ class NodeHost:
         driver = self._driver
         if self._flush_due:
             self._flush()
+        taken = self._snapshotter.take_done()
+        if taken:
+            self._compact_with(taken)
         if self._tick_due:
             self._tick_due = False
             driver.tick()
@@ -655,14 +667,29 @@ class NodeHost:
         for group in groups:
             g = self._groups[group]
             applied = self._driver.applied_index(group)
-            if applied - g.snapshot_index < self._compact_after:
+            if applied - g.snapshot_index < self._compact_after or self._snapshotter.busy(group):
                 continue
             term = g.replica.term_at(applied)
             if term is None:
                 continue
             meta = SnapshotMeta(applied, term, g.voters)
+            if isinstance(g.sm, BackgroundSnapshots):
+                self._snapshotter.start(group, g.sm, meta)  # compacts in a later turn
+                continue
             self._driver.compact(group, take_snapshot(self._store, group, g.sm, meta))
             g.snapshot_index = applied
+            self._snapshots += 1
+
+    def _compact_with(self, taken: list[TakenSnapshot]) -> None:
+        """Compact with the snapshots finished on worker threads, unless a newer one (a
+        leader's, restored meanwhile) got there first."""
+        for t in taken:
+            g = self._groups[t.group]
+            if t.meta.index <= g.snapshot_index:
+                t.discard()
+                continue
+            self._driver.compact(t.group, t.snapshot())
+            g.snapshot_index = t.meta.index
             self._snapshots += 1
 
     # ---- the driver's state machine ----------------------------------------------------------

@@ -281,6 +281,17 @@ class SnapshotStaging:
         assert staged.data is not None
         return Snapshot(meta, staged.data)
 
+    def start_copy(self, group: GroupId, meta: SnapshotMeta) -> StagedCopy:
+        """Begin staging a local snapshot whose bytes another thread will write
+        (``StagedCopy``); older complete staged files of ``group`` are dropped first."""
+        self.drop_unadopted(group)
+        staged = self._begin(group, meta)
+        try:
+            return StagedCopy(self, staged, self._writer(staged))
+        except BaseException:
+            del self._staged[staged.name]
+            raise
+
     def adopt(self, group: GroupId, snapshot: Snapshot) -> str:
         """Give ``snapshot`` its final file (tmp + fsync + rename + directory fsync) and return
         the file's name: only the rename if it is a view of a file staged here for ``group``,
@@ -330,18 +341,13 @@ class SnapshotStaging:
         staged.data = data
 
     def _copy(self, group: GroupId, meta: SnapshotMeta, data: SnapshotData) -> _Staged:
-        self.drop_unadopted(group)
-        staged = self._begin(group, meta)
-        writer = self._writer(staged)
+        copy = self.start_copy(group, meta)
         try:
-            for chunk in iter_chunks(data):
-                writer.write(chunk)
-            self._complete(staged, writer.finish())
+            copy.complete(copy.write(data))
         except BaseException:
-            writer.abort()
-            self._staged.pop(staged.name, None)
+            copy.abort()
             raise
-        return staged
+        return copy.staged
 
     def _find(self, group: GroupId, snapshot: Snapshot) -> _Staged | None:
         for staged in self._staged.values():
@@ -385,3 +391,38 @@ class _StagingSink:
     def abort(self) -> None:
         self._writer.abort()
         self._staging._staged.pop(self._staged.name, None)
+
+
+class StagedCopy:
+    """A staged snapshot file being written from a local snapshot: ``write`` touches nothing
+    but its own file, so it may run on a worker thread while the store goes on; ``complete``
+    and ``abort`` change the staging's books and run where the store is used (the loop)."""
+
+    __slots__ = ("_staging", "_writer", "staged")
+
+    def __init__(
+        self, staging: SnapshotStaging, staged: _Staged, writer: SnapshotFileWriter
+    ) -> None:
+        self._staging = staging
+        self.staged = staged
+        self._writer = writer
+
+    def write(self, data: SnapshotData) -> SnapshotFile:
+        """Copy ``data`` into the file a chunk at a time and finish it (header, fsync); the
+        view returned is for ``complete``."""
+        for chunk in iter_chunks(data):
+            self._writer.write(chunk)
+        return self._writer.finish()
+
+    def complete(self, written: SnapshotFile) -> Snapshot:
+        """The staged snapshot as a view of its file, ready for ``LogStore.save_snapshot``."""
+        self._staging._complete(self.staged, written)
+        return Snapshot(self.staged.meta, written)
+
+    def abort(self) -> None:
+        """Drop the file and forget it, written or not (idempotent; nothing happens once the
+        store adopted it)."""
+        self._writer.abort()
+        if self._staging._staged.pop(self.staged.name, None) is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._staging._tmp(self.staged.name))

@@ -100,6 +100,78 @@ GroupStateMachine: TypeAlias = FileSnapshots | BytesSnapshots
 """The contract between the node host and one group's application state: one of the two."""
 
 
+class SnapshotJob(Protocol):
+    """A snapshot pinned at one applied index, to be written out on another thread."""
+
+    def write(self, path: Path) -> None:
+        """Write the pinned state into a new file at ``path``, as ``snapshot_to`` would have
+        at the moment the job was made. Runs on a worker thread; called at most once."""
+        ...
+
+    def close(self) -> None:
+        """Release the pinned state (after ``write``, or instead of it). Idempotent."""
+        ...
+
+
+@runtime_checkable
+class BackgroundSnapshots(Protocol):
+    """A ``FileSnapshots`` state machine that can take its snapshot off the host's loop.
+
+    Why: ``snapshot_to`` copies the whole state while the loop waits. A database of a few
+    hundred megabytes takes seconds, during which every group of the node (heartbeats
+    included) stands still and the node's leaderships are lost. Pinning the state is cheap
+    (an SQLite read transaction in WAL mode); copying it can then run on a thread while
+    ``apply`` goes on, because later writes do not disturb a pinned read."""
+
+    def snapshot_job(self) -> SnapshotJob:
+        """Pin the state at ``applied_index()`` now (called on the loop, between applies) and
+        return the job that writes it out."""
+        ...
+
+
+class SqliteSnapshotJob:
+    """A read transaction on a second connection to an SQLite database in WAL mode, opened
+    on the loop, whose consistent view the backup API copies on a worker thread."""
+
+    def __init__(self, db_path: Path, pin_query: str) -> None:
+        """Open the connection and start the read transaction with ``pin_query`` (the view is
+        fixed by the first read, not by BEGIN); ``pinned`` is its first column."""
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            db_path, isolation_level=None, check_same_thread=False
+        )
+        try:
+            self._conn.execute("BEGIN")
+            row = self._conn.execute(pin_query).fetchone()
+        except BaseException:
+            self.close()
+            raise
+        self.pinned: object = row[0] if row is not None else None
+
+    def write(self, path: Path) -> None:
+        if self._conn is None:
+            raise RuntimeError("the snapshot job is closed")
+        try:
+            sqlite_snapshot_to(self._conn, path)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
+def pin_sqlite_snapshot(db_path: Path, applied: int) -> SqliteSnapshotJob:
+    """A ``SqliteSnapshotJob`` of a database whose one-row ``meta(applied_index)`` table is
+    committed together with the effects: the pinned view must be at ``applied`` (the caller
+    committed everything it applied), else RuntimeError."""
+    job = SqliteSnapshotJob(db_path, "SELECT applied_index FROM meta")
+    if job.pinned != applied:
+        job.close()
+        raise RuntimeError(f"{db_path}: snapshot pinned at {job.pinned}, applied is {applied}")
+    return job
+
+
 def sqlite_snapshot_to(conn: sqlite3.Connection, path: Path) -> None:
     """A consistent copy of ``conn``'s database in a new file at ``path``, made with the backup
     API (pages go through SQLite's page cache, never the whole database through Python; nothing
@@ -209,6 +281,11 @@ class LogStateMachine:
     def snapshot_to(self, path: Path) -> None:
         """The database copied to ``path`` with the backup API (see ``sqlite_snapshot_to``)."""
         sqlite_snapshot_to(self._conn, path)
+
+    def snapshot_job(self) -> SqliteSnapshotJob:
+        """``BackgroundSnapshots``: every apply is committed when it returns, so a new read
+        transaction sees exactly ``applied_index()``."""
+        return pin_sqlite_snapshot(self._path, self._applied)
 
     def restore(self, snapshot: Snapshot) -> None:
         scratch = self._path.with_name(self._path.name + ".restore")

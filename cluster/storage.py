@@ -63,7 +63,7 @@ from cluster import wal
 from cluster.errors import CorruptLog, DataDirMismatch, StorageError
 from cluster.messages import Entry, HardState, Snapshot, SnapshotData, SnapshotMeta, StoredState
 from cluster.snapshot import SnapshotSink
-from cluster.snapshotfile import SnapshotStaging, read_snapshot_file
+from cluster.snapshotfile import SnapshotStaging, StagedCopy, read_snapshot_file
 from cluster.types import GroupId, NodeId
 from cluster.wal import RecordType, SnapshotPointer
 
@@ -436,6 +436,12 @@ class LogStore:
         :meth:`save_snapshot` (through ``NodeDriver.compact``), which then only renames it."""
         self._known(group)
         return self._staging.copy(group, meta, data)
+
+    def start_snapshot_copy(self, group: GroupId, meta: SnapshotMeta) -> StagedCopy:
+        """Like :meth:`stage_snapshot`, in three steps so the copy can run on a worker thread:
+        ``write`` there, then ``complete`` (or ``abort``) here."""
+        self._known(group)
+        return self._staging.start_copy(group, meta)
 
     def scratch_path(self, group: GroupId) -> Path:
         """A path in the data directory where the application may write a snapshot of

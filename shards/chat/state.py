@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cluster.messages import Entry, EntryKind, Snapshot
+from cluster.statemachine import SqliteSnapshotJob, pin_sqlite_snapshot
 from shards.chat.commands import (
     AckFollowUp,
     AddDmConversation,
@@ -209,6 +210,12 @@ class ChatState:
         read; it never passes through memory whole)."""
         self.flush()
         copy_database(self._conn, path)
+
+    def snapshot_job(self) -> SqliteSnapshotJob:
+        """``BackgroundSnapshots``: commit what is open, then pin a read of the database at
+        ``applied_index()`` on a second connection, for the host to copy on a thread."""
+        self.flush()
+        return pin_sqlite_snapshot(self._path, self._applied)
 
     def snapshot(self) -> bytes:
         """The whole database as bytes, in memory: a convenience for tests and tools. The host
