@@ -102,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
         default=float(env("RAFTCHAT_SEND_BURST", "400")),
         help="sends a user may make at once after being idle (RAFTCHAT_SEND_BURST)",
     )
+    p.add_argument(
+        "--route-grace",
+        type=float,
+        default=float(env("RAFTCHAT_ROUTE_GRACE", "10")),
+        help="seconds a node must stay down in discovery's map before the chat session routes "
+        "it served are dropped and its users' contacts see them go offline (default 10; "
+        "RAFTCHAT_ROUTE_GRACE)",
+    )
     p.add_argument("--log-level", default=env("RAFTCHAT_LOG_LEVEL", "INFO"))
     return p
 
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"missing {', '.join(missing)} (or their environment variables)")
     if args.node_id < 1 or args.tick_ms < 1 or args.snapshot_entries < 1:
         parser.error("--node-id, --tick-ms and --snapshot-entries must be positive")
+    if not args.route_grace > 0:
+        parser.error("--route-grace must be positive")
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s node-{args.node_id} %(levelname)s %(name)s: %(message)s",
@@ -145,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         send_rate=args.send_rate,
         send_burst=args.send_burst,
         link_port=args.link_port,
+        route_grace=args.route_grace,
     )
     return asyncio.run(serve(opts))
 

@@ -44,6 +44,7 @@ from dns.server import AioHealthServicer
 from dns.state import LeaderReport
 from proto import chat_pb2, discovery_pb2, node_pb2, node_pb2_grpc
 from shards.chat.app import ChatApp
+from shards.chat.reaper import DEFAULT_GRACE_SECONDS
 from shards.log_service import NodeAdminService, ShardLogService
 
 log = logging.getLogger("shards.node")
@@ -76,6 +77,8 @@ class NodeOptions:
     send_burst: float = 400.0
     link_port: int = 0
     """Port of the plain TCP Raft link (cluster.streamlink) on the internal host; 0: any."""
+    route_grace: float = DEFAULT_GRACE_SECONDS
+    """Seconds a node must be down before its chat session routes are dropped (chat.reaper)."""
 
 
 async def learn_map(opts: NodeOptions, client: DiscoveryClient) -> ClusterMap:
@@ -207,9 +210,11 @@ class ShardNode:
                 opts.node_id,
                 host,
                 lambda: self.cmap,
+                fresh_map=lambda: self.client.get_map(timeout=2.0),
                 fsync=opts.fsync,
                 send_rate=opts.send_rate,
                 send_burst=opts.send_burst,
+                route_grace=opts.route_grace,
             )
         for placement in cmap.groups:
             if opts.node_id in placement.replicas:

@@ -3,7 +3,7 @@
 ``ShardNode`` owns the process (map, store, host, ports); this module owns what runs on top when
 the node serves chat: one ``FeedingChatState`` per hosted group, the router, the service, the
 push hub, the follow-up drainer, and the two servicers (public ``Chat``, internal
-``ChatInternal``).
+``ChatInternal``), and the reaper that drops the routes of gateway nodes that died for good.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc
@@ -23,14 +23,14 @@ from cluster.types import GroupId, NodeId
 from dns.clustermap import ClusterMap
 from proto import chat_internal_pb2_grpc as ipb_grpc
 from proto import chat_pb2_grpc as pb_grpc
-from shards.chat import queries
 from shards.chat.api import ApiError
-from shards.chat.commands import DropRoute, parse_dm
+from shards.chat.commands import parse_dm
 from shards.chat.feed import Feed, FeedBatch, FeedingChatState, MessageCommitted
 from shards.chat.followups import FollowUpDrainer
 from shards.chat.hub import PushHub
 from shards.chat.internal import ChatInternalService
 from shards.chat.ratelimit import SendRateLimiter
+from shards.chat.reaper import DEFAULT_GRACE_SECONDS, RouteReaper, drop_routes
 from shards.chat.router import ClusterRouter
 from shards.chat.service import ChatService, user_key
 from shards.chat.servicer import ChatServicer, NodeFacts
@@ -40,7 +40,7 @@ log = logging.getLogger("shards.chat.app")
 
 
 class MapDirectory:
-    """Node addresses and liveness from the node's cached cluster map."""
+    """Node addresses and liveness from the freshest cluster map at hand (``freshest``)."""
 
     def __init__(self, cluster_map: Callable[[], ClusterMap | None]) -> None:
         self._map = cluster_map
@@ -60,6 +60,15 @@ def wall_ms() -> int:
     return int(time.time() * 1000)
 
 
+def freshest(cached: ClusterMap | None, polled: ClusterMap | None) -> ClusterMap | None:
+    """The newer of two maps, by epoch and then by when discovery computed ``up``: the node's
+    cached map is refreshed only when the epoch grows, so its ``up`` flags can be far older
+    than those of the map the route reaper reads every second."""
+    if cached is None or polled is None:
+        return cached if polled is None else polled
+    return polled if (polled.epoch, polled.now_ms) > (cached.epoch, cached.now_ms) else cached
+
+
 class ChatApp:
     def __init__(
         self,
@@ -67,10 +76,13 @@ class ChatApp:
         host: NodeHost,
         cluster_map: Callable[[], ClusterMap | None],
         *,
+        fresh_map: Callable[[], Awaitable[ClusterMap]],
         fsync: bool,
         send_rate: float,
         send_burst: float,
+        route_grace: float = DEFAULT_GRACE_SECONDS,
     ) -> None:
+        """``fresh_map`` reads discovery's map now (the reaper's liveness source)."""
         cmap = cluster_map()
         assert cmap is not None
         self.node_id = node_id
@@ -82,12 +94,15 @@ class ChatApp:
             placement.group_for
         )
         self.router = ClusterRouter(node_id, host, self.machines, cluster_map)
+        self.reaper = RouteReaper(
+            node_id, self.router, self._led_groups, fresh_map, wall_ms, grace=route_grace
+        )
         self.service = ChatService(
             self.router,
             self.group_for,
             wall_ms,
             limiter=SendRateLimiter(send_rate, send_burst),
-            directory=MapDirectory(cluster_map),
+            directory=MapDirectory(lambda: freshest(cluster_map(), self.reaper.latest)),
         )
         self.hub = PushHub(node_id, self.feed, self.router, self.group_for)
         self.drainer = FollowUpDrainer(
@@ -117,6 +132,10 @@ class ChatApp:
         self.hub.start()
         self._tasks.append(asyncio.create_task(self.drainer.run_forever()))
         self._tasks.append(asyncio.create_task(self._drop_stale_routes(wall_ms())))
+        self._tasks.append(asyncio.create_task(self.reaper.run_forever()))
+
+    def _led_groups(self) -> list[GroupId]:
+        return [g for g in self.machines if self.host.leader(g) == self.node_id]
 
     async def _drop_stale_routes(self, started_ms: int) -> None:
         """Routes to this node recorded before this process started belong to sessions that
@@ -126,16 +145,7 @@ class ChatApp:
         while pending:
             for group in sorted(pending):
                 try:
-                    routes = await self.router.query(
-                        group, queries.OnlineRoutes(), linearizable=True
-                    )
-                    stale = [
-                        DropRoute(r.user, r.session_id, int(self.node_id))
-                        for r in routes
-                        if r.gateway_node == self.node_id and r.ms < started_ms
-                    ]
-                    if stale:
-                        await self.router.propose_many(group, stale)
+                    await drop_routes(self.router, group, {self.node_id: started_ms})
                     pending.discard(group)
                 except ApiError as exc:
                     log.info("stale routes of group %s: %s; retrying", group, exc)
