@@ -90,6 +90,11 @@ class LinkServer:
             await self._serve(reader, peer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer went away: it reconnects when it has something to say
+        except asyncio.CancelledError:
+            # Only close() cancels these. Ending normally instead keeps asyncio's server from
+            # logging every link of a stopping node as "Exception in callback" (Python 3.11
+            # asks a start_server handler task for its exception, which raises if cancelled).
+            pass
         finally:
             self._connections.discard(task)
             writer.close()
