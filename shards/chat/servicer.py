@@ -268,18 +268,18 @@ class ChatServicer(pb_grpc.ChatServicer):
         (a conversation's seqs stay ascending); results are matched by key; anything else
         (resume, presence, membership, gaps, errors, heartbeat echoes) is written as its own
         frame in queue order."""
+        out = session.out
+        for task in tasks:  # learnt in queue order, after the frames queued before it ended
+            task.add_done_callback(lambda _: out.put_nowait(_TASK_ENDED))
         held: pb.ServerFrame | SessionEnded | None = None
         while True:
             if held is not None:
                 item, held = held, None
             else:
-                getter = asyncio.ensure_future(session.out.get())
-                done, _ = await asyncio.wait([getter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    await self._end(context, session, tasks)
-                    return
-                item = getter.result()
+                item = await session.out.get()
+            if item is _TASK_ENDED:
+                await self._end(context, session, tasks)
+                return
             if isinstance(item, SessionEnded):
                 raise item
             if _merges(item):
@@ -315,6 +315,11 @@ class ChatServicer(pb_grpc.ChatServicer):
                 if exc is not None:
                     raise exc
                 return
+
+
+_TASK_ENDED: Final = SessionEnded(grpc.StatusCode.OK, "a task of the stream ended")
+"""Queued by a stream task's done-callback: one queue to wait on, not ``asyncio.wait`` over
+the queue and the tasks for every frame written (a new future and three callbacks each)."""
 
 
 def _merges(frame: pb.ServerFrame) -> bool:

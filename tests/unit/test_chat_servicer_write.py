@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
+import grpc
+import pytest
+
 from proto import chat_pb2 as pb
 from shards.chat.servicer import ChatServicer, _merges
+from shards.chat.session import SessionEnded
 
 
 class _Context:
@@ -76,3 +80,34 @@ def test_other_kinds_are_never_merged_and_keep_their_place() -> None:
     assert [bool(f.gaps) for f in written] == [False, False, False, True, False]
     assert [[m.seq for m in f.messages] for f in written] == [[1], [], [2], [], [10]]
     assert not _merges(presence) and not _merges(gap) and _merges(_msg("x", 1))
+
+
+def test_a_cleanly_ended_reader_flushes_what_is_queued_and_an_error_ends_the_stream() -> None:
+    async def main() -> None:
+        servicer = object.__new__(ChatServicer)
+
+        async def ends_cleanly() -> None:
+            await asyncio.sleep(0)
+            raise SessionEnded(grpc.StatusCode.OK, "the client closed the stream")
+
+        context, session = _Context(), _Session()
+        for i in range(3):
+            session.out.put_nowait(_msg("c", i + 1))
+        async with asyncio.timeout(5):
+            await servicer._write(
+                cast(Any, context), cast(Any, session), [asyncio.create_task(ends_cleanly())]
+            )
+        assert [m.seq for f in context.written for m in f.messages] == [1, 2, 3]
+
+        async def fails() -> None:
+            raise SessionEnded(grpc.StatusCode.UNAUTHENTICATED, "logged out")
+
+        context, session = _Context(), _Session()
+        with pytest.raises(SessionEnded) as info:
+            async with asyncio.timeout(5):
+                await servicer._write(
+                    cast(Any, context), cast(Any, session), [asyncio.create_task(fails())]
+                )
+        assert info.value.code is grpc.StatusCode.UNAUTHENTICATED
+
+    asyncio.run(main())
