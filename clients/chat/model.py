@@ -244,10 +244,13 @@ class ChatModel:
 
     def apply_message(self, message: Message) -> bool:
         """A message pushed or read; False if already held. Confirms the matching pending send
-        (by idempotency key) when it is the reader's own."""
+        (by idempotency key) when it is the reader's own. One's own message (from this device
+        or another) moved the read marker to it on the server, so it does here too."""
         conv = self.ensure(message.conversation)
         added = conv.add(message)
         self.users.add(message.sender)
+        if message.sender == self.me:
+            conv.read_seq = max(conv.read_seq, message.seq)
         if message.idempotency_key:
             self.outbox.done(message.idempotency_key)
         if added or message.idempotency_key:
@@ -266,7 +269,9 @@ class ChatModel:
         self.touch()
 
     def apply_receipt(self, pending: PendingSend, receipt: SendReceipt) -> None:
-        """An acknowledged send: it is stored at ``receipt.seq``."""
+        """An acknowledged send: it is stored at ``receipt.seq``, and the server moved the
+        reader's read marker there when it stored it (one's own message is read, and writing
+        means one has caught up), so the marker here follows without a MarkRead."""
         message = Message(
             receipt.conversation,
             receipt.seq,
@@ -279,6 +284,7 @@ class ChatModel:
         )
         conv = self.ensure(receipt.conversation)
         conv.add(message)
+        conv.read_seq = max(conv.read_seq, receipt.seq)
         if conv.id == self.current:
             conv.marker_seq = None
         self.outbox.done(pending.key)

@@ -35,18 +35,22 @@ def apply_posts(
     lookup statement for all its posts (``read_post_contexts``: each conversation's row,
     membership, the key's dedup entry, the sender's count) and one write statement per
     table (``write_posts``), instead of five or six statements per post. In between, the
-    run's own effects are kept here: each conversation's last seq and stamp, and each
-    sender's window — the keys the run entered, oldest first, and how many of the keys the
-    table held before the run it has evicted. Those are always the oldest by ``ord``, as
-    every key of the run is newer than any key already in the table; and the table holds
-    ``min(entered, window_size)`` keys of the sender (the window's invariant, see
-    :class:`_Window`), so the run knows when only its own keys are left to evict."""
+    run's own effects are kept here: each conversation's last seq and stamp, each sender's
+    newest seq per conversation (their read marker moves there, as one's own message is
+    read: one upsert row per pair however many sends, since a marker that moves forward
+    only ends at the largest), and each sender's window — the keys the run entered, oldest
+    first, and how many of the keys the table held before the run it has evicted. Those are
+    always the oldest by ``ord``, as every key of the run is newer than any key already in
+    the table; and the table holds ``min(entered, window_size)`` keys of the sender (the
+    window's invariant, see :class:`_Window`), so the run knows when only its own keys are
+    left to evict."""
     contexts = read_post_contexts(
         conn, [(cmd.conversation, cmd.sender, cmd.idempotency_key) for cmd, _ in posts]
     )
     convs: dict[str, _Conversation] = {}
     windows: dict[str, _Window] = {}
     messages: list[tuple[str, int, str, str, int, int, str]] = []
+    read: dict[tuple[str, str], int] = {}  # (sender, conversation) -> seq of its newest send
     results: list[Result] = []
     for (cmd, index), ctx in zip(posts, contexts, strict=True):
         conv, sender = cmd.conversation, cmd.sender
@@ -84,6 +88,7 @@ def apply_posts(
             ms, counter = max((cmd.hlc_ms, cmd.hlc_counter), (state.ms, state.counter + 1))
         state.last_seq, state.ms, state.counter, state.changed = seq, ms, counter, True
         messages.append((conv, seq, sender, cmd.text, ms, counter, cmd.idempotency_key))
+        read[sender, conv] = seq  # seqs rise along the run: the last is the largest
         window.enter(key, (seq, index, ms, counter), window_size)
         hlc = Hlc(ms, counter)
         if capture is not None:
@@ -112,6 +117,7 @@ def apply_posts(
             if c.changed and not c.stored
         ],
         senders=[(s, w.entered) for s, w in windows.items() if w.changed],
+        read=[(s, conv, seq) for (s, conv), seq in read.items()],
     )
     return results
 

@@ -22,7 +22,8 @@ Tables (``WITHOUT ROWID`` where rows are small and always found by their key):
   ord); ``dedup_senders(sender PK, entered)`` — the idempotency window: ``ord`` is the log index
   that wrote the key, ``entered`` how many keys the sender ever entered (it keeps the newest
   ``min(entered, window)``; see ``ChatState``).
-- ``read_markers(user, conversation, seq)`` PK (user, conversation).
+- ``read_markers(user, conversation, seq)`` PK (user, conversation) — moved forward by MarkRead
+  and by the user's own new messages (no row: nothing read).
 - ``routes(user, session_id, gateway_node, ms)`` PK (user, session_id).
 - ``user_conversations(user, conversation, peer)`` PK (user, conversation) — the DMs a user is
   in: written for both participants by a DM's first message in the DM's group, and by the
@@ -309,13 +310,16 @@ def write_posts(
     updated: Sequence[tuple[int, int, int, str]],
     created: Sequence[tuple[str, int, int, int]],
     senders: Sequence[tuple[str, int]],
+    read: Sequence[tuple[str, str, int]],
 ) -> None:
     """The writes of a run of posts, one statement per table: ``evictions`` (sender, n) deletes
     the sender's ``n`` oldest dedup keys by ``ord`` — first, since a key evicted and entered
     again in the same run is among ``keys``; ``messages`` rows in :data:`MESSAGE_COLUMNS`
     order; ``keys`` dedup rows (sender, conversation, key, seq, ord); ``updated`` conversations
     (last_seq, hlc_ms, hlc_counter, conversation); ``created`` conversations rows (a DM's
-    first message); ``senders`` (sender, entered)."""
+    first message); ``senders`` (sender, entered); ``read`` (user, conversation, seq) moves
+    each sender's read marker forward to their newest message of the run (never back: a
+    marker already there or beyond stays)."""
     if evictions:
         conn.executemany(
             "DELETE FROM dedup WHERE sender = ?1 AND ord IN"
@@ -347,6 +351,13 @@ def write_posts(
             "INSERT INTO dedup_senders(sender, entered) VALUES (?, ?)"
             " ON CONFLICT(sender) DO UPDATE SET entered = excluded.entered",
             senders,
+        )
+    if read:
+        conn.executemany(
+            "INSERT INTO read_markers(user, conversation, seq) VALUES (?, ?, ?)"
+            " ON CONFLICT(user, conversation) DO UPDATE SET seq = excluded.seq"
+            " WHERE excluded.seq > read_markers.seq",
+            read,
         )
 
 

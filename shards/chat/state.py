@@ -25,7 +25,10 @@ The rules applied (every one yields the same result on every replica):
 - **Membership.** Posting to a channel needs membership (PERMISSION_DENIED otherwise), posting
   to a DM being one of its two participants. Joining twice and leaving twice are no-ops.
 - **Read markers** move forward only; ``unread = last_seq - read_seq``. Marking beyond the last
-  message is FAILED_PRECONDITION.
+  message is FAILED_PRECONDITION. A new message moves its sender's marker forward to it, in
+  the same apply (messages and markers are in the conversation's group): one's own message is
+  never unread, and writing in a conversation means one has caught up with it. An exact
+  replay of a send moves nothing; other users' markers never move but by their MarkRead.
 - **Exact replays** of RegisterUser/CreateChannel (same fields, times included: a proposal the
   gateway retried) answer ``duplicate=True``; any other clash is ALREADY_EXISTS.
 - **Sessions** (in the user's group): OpenSession needs the user to exist here (NOT_FOUND

@@ -3,7 +3,8 @@ them one entry per ``apply`` call does: random logs of sends (to channels and DM
 messages, keys repeated within and across batches, non-members, unknown conversations) with
 joins, leaves and other commands interleaved and a dedup window small enough to evict, applied
 one entry per call and in random batch splits, give the same results, the same captured
-messages and the same database. Plus hand-checked batches for the tricky cases, and the short
+messages and the same database (read markers included, which a sender's own new messages move
+forward). Plus hand-checked batches for the tricky cases, and the short
 paths of ``decode_command`` and ``validate`` against their general ways."""
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from shards.chat import (
     MarkRead,
     Posted,
     PostMessage,
+    ReadMarked,
     Rejected,
     decode_command,
     encode_command,
@@ -135,6 +137,30 @@ def test_batched_apply_equals_one_entry_per_call(
     for sender, entered in single.dump["dedup_senders"]:
         kept = [row for row in single.dump["dedup"] if row[0] == sender]
         assert len(kept) == min(int(str(entered)), WINDOW), sender
+    # Read markers (in the dumps compared above) hold exactly what the answers imply.
+    assert single.dump["read_markers"] == _expected_markers(entries, single.results)
+
+
+def _expected_markers(
+    entries: Sequence[Entry], results: Sequence[object | None]
+) -> list[tuple[object, ...]]:
+    """The read markers a log leaves, from its answers alone: each (user, conversation) at
+    the largest of the seqs of the user's new messages there (one's own message is read) and
+    of the markers their MarkReads answered; no row for a user who did neither (or marked 0).
+    A duplicate send, a refused one, and other users' sends move nothing."""
+    marks: dict[tuple[str, str], int] = {}
+    for entry, result in zip(entries, results, strict=True):
+        if isinstance(result, Posted) and not result.duplicate:
+            cmd = decode_command(entry.data)
+            assert isinstance(cmd, PostMessage)
+            user, seq = cmd.sender, result.seq
+        elif isinstance(result, ReadMarked) and result.read_seq > 0:
+            user, seq = result.user, result.read_seq
+        else:
+            continue
+        place = (user, result.conversation)
+        marks[place] = max(marks.get(place, 0), seq)
+    return [(user, conv, seq) for (user, conv), seq in sorted(marks.items())]
 
 
 # ---- hand-checked batches -----------------------------------------------------------------------
@@ -247,6 +273,47 @@ def test_commands_between_sends_see_the_sends_before_them(state: ChatState) -> N
     assert results[4] == Posted("later", 1, Hlc(10, 0), False)
     assert results[7] == Posted("later", 1, Hlc(10, 0), True)
     assert isinstance(results[8], Rejected) and results[8].code is Code.PERMISSION_DENIED
+
+
+def test_a_batch_moves_each_senders_marker_as_one_entry_at_a_time_would(
+    state: ChatState,
+) -> None:
+    dm = "dm:alice:bob"
+    results = _apply(
+        state,
+        _post("general", "alice", "k1"),  # 1
+        _post("general", "bob", "k1"),  # 2
+        _post("general", "alice", "k2"),  # 3
+        MarkRead("bob", "general", 1),  # bob is at 2 already (his own message)
+        _post("general", "bob", "k2"),  # 4
+        _post("general", "alice", "k1"),  # a retry: moves nothing
+        _post(dm, "bob", "k1"),  # the DM's first message
+        _post("general", "dave", "k1"),  # not a member: moves nothing
+    )
+    assert results[3] == ReadMarked("bob", "general", 2, 1)
+    assert results[5] == Posted("general", 1, Hlc(10, 0), True)
+    assert state.dump()["read_markers"] == [
+        ("alice", "general", 3),
+        ("bob", dm, 1),
+        ("bob", "general", 4),
+    ]
+    assert state.unread_counts("alice") == {dm: 1, "general": 1, "random": 0}
+    assert state.unread_counts("bob") == {dm: 0, "general": 0}
+
+
+def test_a_run_with_more_markers_than_one_statement_holds(tmp_path: Path) -> None:
+    # 70 (sender, conversation) pairs in one run: the markers are written 64 per statement.
+    channels = [f"c{i}" for i in range(70)]
+    log: list[bytes | None] = [encode_command(CreateChannel(c, "alice", 0)) for c in channels]
+    log += [encode_command(JoinChannel(c, "bob", 0)) for c in channels]
+    log += [encode_command(_post(c, "alice", "k")) for c in channels]
+    log += [encode_command(_post(c, "alice", "k2")) for c in channels[::2]]
+    entries = _entries(log)
+    single = Applied(tmp_path / "single.db", entries, range(len(entries) + 1))
+    batched = Applied(tmp_path / "batched.db", entries, [0, 140, len(entries)])
+    assert batched.dump == single.dump
+    expected = sorted(("alice", c, 2 if i % 2 == 0 else 1) for i, c in enumerate(channels))
+    assert single.dump["read_markers"] == expected
 
 
 # ---- the short paths of decode and validate -----------------------------------------------------

@@ -99,22 +99,25 @@ def test_unread_counts_skip_own_messages_and_follow_the_marker() -> None:
     for seq, sender in [(3, "bob"), (4, "alice"), (5, "carol")]:
         model.apply_message(msg("general", seq, sender))
     conv = model.conversations["general"]
-    assert conv.unread("alice") == 2
-    model.apply_read("general", 4)
-    assert conv.unread("alice") == 1
-    model.apply_read("general", 3)  # markers never move back
+    # alice's own message at 4 (sent from any device) moved her marker there, as the server
+    # does: only carol's 5 is unread.
     assert conv.read_seq == 4
+    assert conv.unread("alice") == 1
+    model.apply_read("general", 5)
+    assert conv.unread("alice") == 0
+    model.apply_read("general", 3)  # markers never move back
+    assert conv.read_seq == 5
 
 
 def test_mention_counts_channels_by_name_and_every_unread_dm() -> None:
     model = ChatModel("alice")
-    model.apply_message(msg("general", 1, "bob", "hi @alice"))
-    model.apply_message(msg("general", 2, "bob", "hi all"))
-    model.apply_message(msg("general", 3, "alice", "@alice talking to myself"))
+    model.apply_message(msg("general", 1, "alice", "@alice talking to myself"))
+    model.apply_message(msg("general", 2, "bob", "hi @alice"))
+    model.apply_message(msg("general", 3, "bob", "hi all"))
     model.apply_message(msg("dm:alice:bob", 1, "bob", "psst"))
     assert model.conversations["general"].mention_count("alice") == 1
     assert model.conversations["dm:alice:bob"].mention_count("alice") == 1
-    model.apply_read("general", 1)
+    model.apply_read("general", 2)
     assert model.conversations["general"].mention_count("alice") == 0
 
 

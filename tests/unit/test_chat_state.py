@@ -489,7 +489,8 @@ def test_first_dm_message_lists_it_and_queues_follow_ups(rep: Replica) -> None:
         (first.follow_ups[1], "bob", DM, "alice"),
     ]
     refs = rep.sm.conversations_of("alice")
-    assert [(r.conversation, r.peer, r.last_seq, r.read_seq) for r in refs] == [(DM, "bob", 2, 0)]
+    # alice's own message (seq 2) moved her read marker there.
+    assert [(r.conversation, r.peer, r.last_seq, r.read_seq) for r in refs] == [(DM, "bob", 2, 2)]
     assert rep.one(AckFollowUp(outbox[0].id)) == FollowUpAcked(outbox[0].id, True)
     assert rep.one(AckFollowUp(outbox[0].id)) == FollowUpAcked(outbox[0].id, False)
     assert [f.id for f in rep.sm.outbox()] == [outbox[1].id]
@@ -539,12 +540,115 @@ def test_unread_counts_cover_channels_and_dms(general: Replica) -> None:
     general.post("random", "carol", "r1")
     general.run(MarkRead("bob", "general", 1))
     assert general.sm.unread_counts("bob") == {"general": 2, DM: 1}
-    assert general.sm.unread_counts("alice") == {"general": 3, DM: 1}
+    assert general.sm.unread_counts("alice") == {"general": 0, DM: 0}  # all her own
     refs = general.sm.conversations_of("bob")
     assert [(r.conversation, r.peer, r.read_seq) for r in refs] == [
         (DM, "alice", 0),
         ("general", None, 1),
     ]
+
+
+# ---- one's own messages are read ---------------------------------------------------------------
+
+
+def _markers(rep: Replica) -> dict[tuple[str, str], int]:
+    return {(str(u), str(c)): int(str(s)) for u, c, s in rep.sm.dump()["read_markers"]}
+
+
+def test_a_sender_has_nothing_unread_after_sending_and_the_recipient_one(
+    general: Replica,
+) -> None:
+    general.run(CreateChannel("random", "bob", 3))
+    assert general.post("general", "alice", "k1") == Posted("general", 1, Hlc(100, 0), False)
+    assert general.sm.unread("alice", "general") == 0
+    assert general.sm.unread("bob", "general") == 1
+    for i in range(2, 4):
+        general.post("general", "alice", f"k{i}")
+    assert general.sm.unread_counts("alice") == {"general": 0}
+    assert general.sm.unread_counts("bob") == {"general": 3, "random": 0}
+    # Only the sender's marker moved, and only in the conversation sent to.
+    assert _markers(general) == {("alice", "general"): 3}
+
+
+def test_sending_catches_the_sender_up_with_what_came_before(general: Replica) -> None:
+    general.post("general", "bob", "b1")
+    general.post("general", "bob", "b2")
+    assert general.sm.unread("alice", "general") == 2
+    general.post("general", "alice", "a1")  # seq 3: she writes, so she has read 1 and 2
+    assert general.sm.unread("alice", "general") == 0
+    assert general.sm.unread("bob", "general") == 1
+    general.post("general", "bob", "b3")
+    assert general.sm.unread("alice", "general") == 1
+    assert general.one(MarkRead("alice", "general", 2)) == ReadMarked("alice", "general", 3, 1)
+
+
+def test_a_dm_both_ways(rep: Replica) -> None:
+    first = rep.post(DM, "alice", "a1")
+    assert isinstance(first, Posted) and first.seq == 1 and first.follow_ups
+    assert rep.sm.unread_counts("alice") == {DM: 0}
+    assert rep.sm.unread_counts("bob") == {DM: 1}
+    rep.post(DM, "bob", "b1")
+    assert rep.sm.unread_counts("alice") == {DM: 1}
+    assert rep.sm.unread_counts("bob") == {DM: 0}
+    rep.post(DM, "alice", "a2")
+    rep.post(DM, "alice", "a3")
+    assert (rep.sm.unread("alice", DM), rep.sm.unread("bob", DM)) == (0, 2)
+    assert _markers(rep) == {("alice", DM): 4, ("bob", DM): 2}
+
+
+def test_a_replayed_send_moves_no_marker(general: Replica) -> None:
+    general.post("general", "alice", "k1")
+    general.post("general", "bob", "k1")
+    before = {t: rows for t, rows in general.sm.dump().items() if t != "meta"}
+    assert _markers(general) == {("alice", "general"): 1, ("bob", "general"): 2}
+    # alice's retry answers her original seq 1 and writes nothing: her marker stays at 1
+    # (seq 2, bob's, is still unread to her) and bob's at 2.
+    again = general.post("general", "alice", "k1", ms=999)
+    assert again == Posted("general", 1, Hlc(100, 0), True)
+    assert {t: rows for t, rows in general.sm.dump().items() if t != "meta"} == before
+    assert general.sm.unread("alice", "general") == 1
+
+
+def test_a_marker_already_beyond_a_new_message_stays(tmp_path: Path) -> None:
+    # MarkRead never goes beyond the last message, so no log puts a marker past the sender's
+    # next message; the row is planted directly to check that the send's upsert only moves
+    # markers forward (as every other write of a marker does).
+    path = tmp_path / "chat.db"
+    rep = Replica(path)
+    rep.run(CreateChannel("general", "alice", 1), JoinChannel("general", "bob", 2))
+    rep.post("general", "alice", "k1")
+    rep.sm.close()
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE read_markers SET seq = 5 WHERE user = 'alice'")
+    conn.close()
+    rep.sm = ChatState(path)
+    try:
+        assert rep.post("general", "alice", "k2") == Posted("general", 2, Hlc(100, 1), False)
+        rep.post("general", "bob", "k1")
+        assert _markers(rep) == {("alice", "general"): 5, ("bob", "general"): 3}
+    finally:
+        rep.sm.close()
+
+
+def test_a_run_of_sends_moves_each_senders_marker_to_their_newest(general: Replica) -> None:
+    general.run(CreateChannel("random", "bob", 3), JoinChannel("random", "alice", 4))
+    general.run(
+        PostMessage("general", "alice", "k1", "a", 100, 0),
+        PostMessage("random", "alice", "k2", "b", 100, 0),
+        PostMessage("general", "bob", "k1", "c", 100, 0),
+        PostMessage("general", "alice", "k3", "d", 100, 0),
+        PostMessage("general", "carol", "k1", "not a member", 100, 0),
+        PostMessage("general", "bob", "k1", "a retry", 100, 0),
+        PostMessage("random", "bob", "k2", "e", 100, 0),
+    )
+    assert _markers(general) == {
+        ("alice", "general"): 3,
+        ("alice", "random"): 1,
+        ("bob", "general"): 2,
+        ("bob", "random"): 2,
+    }
+    assert general.sm.unread_counts("alice") == {"general": 0, "random": 1}
+    assert general.sm.unread_counts("bob") == {"general": 1, "random": 0}
 
 
 # ---- routes -------------------------------------------------------------------------------------
