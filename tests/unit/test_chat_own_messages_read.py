@@ -5,31 +5,20 @@ each new message they send; a replay moves nothing)."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from clients.chat.model import ChatModel
 from clients.models import Message, SendReceipt, Unread
 from proto import chat_pb2 as pb
-from shards.chat import service
 from shards.chat.service import Metadata
-from tests.unit.test_chat_service import DM, World, _fast_hash
+from tests.unit import test_chat_service
+from tests.unit.test_chat_service import DM, World
 
 Counts = list[tuple[str, int, int, int]]
 
 
-@pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
-    monkeypatch.setattr(service, "hash_password", _fast_hash)
-    with asyncio.Runner() as runner:
-        w = World(tmp_path, runner)
-        try:
-            yield w
-        finally:
-            w.router.close()
+world = test_chat_service.world
+"""The service-test world fixture (pytest finds fixtures among a test module's names)."""
 
 
 @pytest.fixture
