@@ -38,3 +38,13 @@ class CorruptLog(StorageError):
 class DataDirMismatch(StorageError):
     """The data directory belongs to another node or cluster, or a group's stored membership
     differs from the one requested."""
+
+
+class ProposalLost(RaftError):
+    """A proposal was appended but will not be confirmed here: its entry was overwritten by
+    another leader's, or this node stopped leading the group before applying it. The outcome is
+    UNKNOWN: the entry may still commit under the next leader, so retry only idempotently."""
+
+
+class HostStopped(RaftError):
+    """The node host was stopped (or its loop failed) before the request was answered."""

@@ -57,22 +57,21 @@ from typing import Any
 
 from cluster.config import Config
 from cluster.driver import DriverOutput, NodeDriver
-from cluster.errors import NotLeader, ProposalDropped, RaftError
+from cluster.errors import HostStopped, NotLeader, RaftError
 from cluster.messages import Entry, Message, Snapshot, SnapshotMeta
 from cluster.raft import Replica
 from cluster.ready import Role
-from cluster.snapshotfile import SnapshotFile
-from cluster.snapshotter import BackgroundSnapshotter, TakenSnapshot
+from cluster.snapshotter import BackgroundSnapshotter, TakenSnapshot, take_snapshot
 from cluster.statemachine import (
     BackgroundSnapshots,
     DeferredCommit,
-    FileSnapshots,
     GroupStateMachine,
 )
 from cluster.storage import LogStore
 from cluster.syncthread import SyncThread
 from cluster.transport import Transport
 from cluster.types import NO_NODE, GroupId, NodeId
+from cluster.waiters import GroupWaiters
 
 log = logging.getLogger(__name__)
 
@@ -92,22 +91,12 @@ _HOST_KEYS = frozenset(f.name for f in dataclasses.fields(Config)) - {
 }
 
 
-class ProposalLost(RaftError):
-    """A proposal was appended but will not be confirmed here: its entry was overwritten by
-    another leader's, or this node stopped leading the group before applying it. The outcome is
-    UNKNOWN: the entry may still commit under the next leader, so retry only idempotently."""
-
-
 class UnknownGroup(RaftError):
     """This node does not host the group (a routing error: the caller's map is stale)."""
 
     def __init__(self, group: GroupId) -> None:
         super().__init__(f"group {group} is not hosted on this node")
         self.group = group
-
-
-class HostStopped(RaftError):
-    """The host was stopped (or its loop failed) before the request was answered."""
 
 
 LeadershipCallback = Callable[[GroupId, NodeId, int], None]
@@ -146,35 +135,18 @@ class HostStats:
     snapshots_taken: int
 
 
-class _Proposal:
-    """One ``propose``/``propose_many`` call: its commands become consecutive entries of one
-    batch, and its single future gets every entry's result once the last one is applied."""
-
-    __slots__ = ("data", "future", "left", "results", "term")
-
-    def __init__(self, data: list[bytes], future: asyncio.Future[list[object]]) -> None:
-        self.data = data
-        self.future = future
-        self.results: list[object] = [None] * len(data)
-        self.left = len(data)
-        self.term = 0
-
-
 class _Group:
     """What the host keeps per hosted group besides the replica itself."""
 
     __slots__ = (
         "deferred",
         "id",
-        "pending",
-        "queued",
-        "read_queue",
-        "reads",
         "replica",
         "reported",
         "sm",
         "snapshot_index",
         "voters",
+        "waiters",
     )
 
     def __init__(
@@ -185,11 +157,7 @@ class _Group:
         self.sm = sm
         self.deferred = sm if isinstance(sm, DeferredCommit) else None
         self.voters = voters
-        self.queued: list[_Proposal] = []
-        # log index -> the proposal waiting for it and the entry's slot in it
-        self.pending: dict[int, tuple[_Proposal, int]] = {}
-        self.read_queue: list[asyncio.Future[None]] = []
-        self.reads: dict[bytes, list[asyncio.Future[None]]] = {}  # read context -> waiters
+        self.waiters = GroupWaiters(group)
         meta = replica.snapshot_meta
         self.snapshot_index = meta.index if meta is not None else 0
         self.reported = (NO_NODE, replica.term)
@@ -208,28 +176,6 @@ class _Applier:
 
     def restore(self, group: GroupId, snapshot: Snapshot) -> None:
         self._host._restore(group, snapshot)
-
-
-def take_snapshot(
-    store: LogStore, group: GroupId, sm: GroupStateMachine, meta: SnapshotMeta
-) -> Snapshot:
-    """``sm``'s snapshot at ``meta.index`` (its applied index), staged in ``store``: the
-    returned snapshot is a view of a file whatever kind of state machine ``sm`` is, ready for
-    ``NodeDriver.compact``. A file-writing state machine writes into a scratch file of the
-    store's directory, which the store copies and this deletes."""
-    if not isinstance(sm, FileSnapshots):
-        return store.stage_snapshot(group, meta, sm.snapshot())  # small by design
-    scratch = store.scratch_path(group)
-    try:
-        sm.snapshot_to(scratch)
-        written = SnapshotFile.open(scratch)
-        try:
-            return store.stage_snapshot(group, meta, written)
-        finally:
-            written.close()
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(scratch)
 
 
 class NodeHost:
@@ -420,8 +366,7 @@ class NodeHost:
             raise NotLeader(replica.leader)
         if not data:
             return []
-        future: asyncio.Future[list[object]] = asyncio.get_running_loop().create_future()
-        g.queued.append(_Proposal(list(data), future))
+        future = g.waiters.add_proposal(list(data))
         self._proposing.add(group)
         self._wake.set()
         async with asyncio.timeout(timeout):
@@ -435,8 +380,7 @@ class NodeHost:
         HostStopped."""
         g = self._hosted(group)
         self._check_running()
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        g.read_queue.append(future)
+        future = g.waiters.add_read()
         self._reading.add(group)
         self._wake.set()
         async with asyncio.timeout(timeout):
@@ -587,47 +531,18 @@ class NodeHost:
     def _flush_proposals(self) -> None:
         for group in self._proposing:
             g = self._groups[group]
-            live = [p for p in g.queued if not p.future.done()]
-            g.queued = []
-            if not live:
-                continue
-            replica = g.replica
-            data = live[0].data if len(live) == 1 else [d for p in live for d in p.data]
-            try:
-                index = replica.propose_batch(data)
-            except NotLeader as exc:
-                for p in live:
-                    p.future.set_exception(NotLeader(exc.leader))
-                continue
-            except ProposalDropped as exc:
-                for p in live:
-                    p.future.set_exception(ProposalDropped(str(exc)))
-                continue
-            term = replica.term
-            pending = g.pending
-            for p in live:
-                p.term = term
-                for slot in range(len(p.data)):
-                    pending[index] = (p, slot)
-                    index += 1
-            self._proposals += len(data)
-            self._proposal_batches += 1
+            proposed = g.waiters.flush_proposals(g.replica)
+            if proposed:
+                self._proposals += proposed
+                self._proposal_batches += 1
         self._proposing.clear()
 
     def _flush_reads(self) -> None:
         for group in self._reading:
             g = self._groups[group]
-            waiting = [f for f in g.read_queue if not f.done()]
-            g.read_queue = []
-            # Forget read contexts nobody waits for any more (their callers timed out).
-            for ctx in [c for c, fs in g.reads.items() if all(f.done() for f in fs)]:
-                del g.reads[ctx]
-            if not waiting:
-                continue
-            self._read_seq += 1
-            ctx = self._read_prefix + self._read_seq.to_bytes(8, "big")
-            g.reads[ctx] = waiting  # one ReadIndex round serves every read queued this turn
-            g.replica.read_index(ctx)
+            ctx = self._read_prefix + (self._read_seq + 1).to_bytes(8, "big")
+            if g.waiters.start_reads(g.replica, ctx):  # one round serves every queued read
+                self._read_seq += 1
         self._reading.clear()
 
     def _after_round(self, out: DriverOutput) -> None:
@@ -637,22 +552,18 @@ class NodeHost:
             self._syncs += 1
         self._applied_entries += out.applied
         for group, rs in out.read_states:
-            for f in self._groups[group].reads.pop(rs.context, ()):
-                if not f.done():
-                    f.set_result(None)
+            self._groups[group].waiters.read_ready(rs.context)
         for group, ctx in out.dropped_reads:
             g = self._groups[group]
-            for f in g.reads.pop(ctx, ()):
-                if not f.done():
-                    f.set_exception(NotLeader(g.replica.leader))
+            g.waiters.read_dropped(ctx, g.replica.leader)
 
     def _check_groups(self) -> None:
         """After a turn with work: fail proposals whose leadership is gone, report leader or
         term changes. A plain attribute comparison per group, only on turns that did work."""
         for g in self._groups.values():
             replica = g.replica
-            if g.pending and replica.role is not Role.LEADER:
-                self._fail_pending(g, f"node {self.node_id} is no longer the leader")
+            if g.waiters.has_pending and replica.role is not Role.LEADER:
+                g.waiters.fail_pending(f"node {self.node_id} is no longer the leader")
             now = (replica.leader, replica.term)
             if now != g.reported:
                 g.reported = now
@@ -708,27 +619,7 @@ class NodeHost:
             if self._flush_handle is None:
                 loop = asyncio.get_running_loop()
                 self._flush_handle = loop.call_later(FLUSH_INTERVAL, self._on_flush_due)
-        pending = g.pending
-        if not pending:
-            return
-        for entry, result in zip(entries, results, strict=True):
-            held = pending.pop(entry.index, None)
-            if held is None:
-                continue
-            p, slot = held
-            if p.future.done():
-                continue
-            if p.term == entry.term:
-                p.results[slot] = result
-                p.left -= 1
-                if p.left == 0:
-                    p.future.set_result(p.results)
-            else:
-                p.future.set_exception(
-                    ProposalLost(
-                        f"group {group}: entry {entry.index} was overwritten by term {entry.term}"
-                    )
-                )
+        g.waiters.applied(entries, results)
 
     def _on_flush_due(self) -> None:
         self._flush_due = True
@@ -748,7 +639,7 @@ class NodeHost:
         g = self._groups[group]
         g.sm.restore(snapshot)
         g.snapshot_index = snapshot.meta.index
-        self._fail_pending(g, f"group {group}: a leader's snapshot replaced this node's log")
+        g.waiters.fail_pending(f"group {group}: a leader's snapshot replaced this node's log")
 
     # ---- helpers -----------------------------------------------------------------------------
 
@@ -762,21 +653,6 @@ class NodeHost:
         if not self._running:
             raise HostStopped(f"node host {self.node_id} is not running") from self._failure
 
-    def _fail_pending(self, g: _Group, why: str) -> None:
-        pending, g.pending = g.pending, {}
-        for p, _ in pending.values():
-            if not p.future.done():
-                p.future.set_exception(ProposalLost(f"{why}; the outcome is unknown"))
-
     def _fail_everything(self, why: str) -> None:
         for g in self._groups.values():
-            futures: list[asyncio.Future[list[object]] | asyncio.Future[None]] = []
-            futures.extend(p.future for p in g.queued)
-            futures.extend(p.future for p, _ in g.pending.values())
-            futures.extend(g.read_queue)
-            for waiting in g.reads.values():
-                futures.extend(waiting)
-            g.queued, g.pending, g.read_queue, g.reads = [], {}, [], {}
-            for f in futures:
-                if not f.done():
-                    f.set_exception(HostStopped(why))
+            g.waiters.fail_all(why)

@@ -29,11 +29,33 @@ from pathlib import Path
 
 from cluster.messages import Snapshot, SnapshotMeta
 from cluster.snapshotfile import SnapshotFile, StagedCopy
-from cluster.statemachine import BackgroundSnapshots, SnapshotJob
+from cluster.statemachine import BackgroundSnapshots, FileSnapshots, GroupStateMachine, SnapshotJob
 from cluster.storage import LogStore
 from cluster.types import GroupId
 
 log = logging.getLogger("cluster.snapshotter")
+
+
+def take_snapshot(
+    store: LogStore, group: GroupId, sm: GroupStateMachine, meta: SnapshotMeta
+) -> Snapshot:
+    """``sm``'s snapshot at ``meta.index`` (its applied index), staged in ``store``: the
+    returned snapshot is a view of a file whatever kind of state machine ``sm`` is, ready for
+    ``NodeDriver.compact``. A file-writing state machine writes into a scratch file of the
+    store's directory, which the store copies and this deletes."""
+    if not isinstance(sm, FileSnapshots):
+        return store.stage_snapshot(group, meta, sm.snapshot())  # small by design
+    scratch = store.scratch_path(group)
+    try:
+        sm.snapshot_to(scratch)
+        written = SnapshotFile.open(scratch)
+        try:
+            return store.stage_snapshot(group, meta, written)
+        finally:
+            written.close()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(scratch)
 
 
 class TakenSnapshot:

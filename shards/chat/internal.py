@@ -14,8 +14,8 @@ from typing import Final, NoReturn
 
 import grpc
 
-from cluster.errors import NotLeader, ProposalDropped
-from cluster.host import HostStopped, NodeHost, ProposalLost
+from cluster.errors import HostStopped, NotLeader, ProposalDropped, ProposalLost
+from cluster.host import NodeHost
 from cluster.types import NO_NODE, GroupId, NodeId
 from proto import chat_internal_pb2 as ipb
 from proto import chat_internal_pb2_grpc as ipb_grpc

@@ -23,8 +23,8 @@ from typing import Final, TypeVar, cast
 
 import grpc
 
-from cluster.errors import NotLeader, ProposalDropped
-from cluster.host import HostStopped, NodeHost, ProposalLost
+from cluster.errors import HostStopped, NotLeader, ProposalDropped, ProposalLost
+from cluster.host import NodeHost
 from cluster.transport import CHANNEL_OPTIONS
 from cluster.types import NO_NODE, GroupId, NodeId
 from dns.clustermap import ClusterMap

@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 import grpc
 import pytest
 
-from cluster.errors import NotLeader, ProposalDropped, RaftError
-from cluster.host import HostStopped, NodeHost, UnknownGroup
+from cluster.errors import HostStopped, NotLeader, ProposalDropped, RaftError
+from cluster.host import NodeHost, UnknownGroup
 from cluster.messages import Entry, EntryKind, Snapshot, SnapshotMeta
 from cluster.ready import Role
 from cluster.snapshotfile import SnapshotFile

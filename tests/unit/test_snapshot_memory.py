@@ -21,11 +21,11 @@ from pathlib import Path
 
 from cluster.config import Config
 from cluster.driver import NodeDriver
-from cluster.host import take_snapshot
 from cluster.messages import Entry, Snapshot, SnapshotChunk, SnapshotMeta
 from cluster.raft import Replica
 from cluster.ready import Role
 from cluster.snapshotfile import SnapshotFile
+from cluster.snapshotter import take_snapshot
 from cluster.statemachine import LogStateMachine
 from cluster.storage import LogStore
 from cluster.types import GroupId, NodeId
