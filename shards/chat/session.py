@@ -259,6 +259,8 @@ class ChatSession:
                     grpc.StatusCode.ABORTED,
                     f"session {self.session_id} moved to node {ev.gateway_node}",
                 )
+            if not ev.online:
+                await self._route_again()
             return
         if ev.user == self.user or ev.user not in self._contacts:
             return
@@ -273,6 +275,18 @@ class ChatSession:
                     node_id=ev.gateway_node,
                 )
             )
+
+    async def _route_again(self) -> None:
+        """This live stream's route was dropped under it: by the route reaper of a node that
+        took this one for dead (cut off from discovery for longer than ``--route-grace``, see
+        ``shards.chat.reaper``). Set it again, so DMs and presence find the session (its
+        contacts see it go offline and come back). A drop this session made itself is never
+        seen here: ``stop`` detaches first."""
+        route = SetRoute(self.user, self.session_id, int(self.node_id), self._svc.clock())
+        try:
+            await self._svc.router.propose(self._svc.user_group(self.user), route)
+        except ApiError as exc:
+            log.warning("could not route %s/%s again: %s", self.user, self.session_id, exc)
 
     async def _tell_presence(self, user: str, frame: pb.ServerFrame) -> None:
         """A new contact: say whether they are online now (their earlier presence events

@@ -609,6 +609,25 @@ def test_the_same_session_routed_to_another_node_ends_the_stream(tmp_path: Path)
     run(tmp_path, body)
 
 
+def test_a_live_session_whose_route_was_reaped_routes_itself_again(tmp_path: Path) -> None:
+    async def body(w: World) -> None:
+        await alice_bob_general(w)
+        h, _ = w.session("alice")
+        await h.start()
+        await h.push(*w.take())  # its own route being set
+        # The reaper of a node that took this one for dead drops the route under the stream.
+        await w.router.propose(w.user_group("alice"), DropRoute("alice", "phone", 1))
+        (dropped,) = w.take()
+        assert dropped == RouteChanged("alice", "phone", 0, False, 0)
+        assert w.routes("alice") == []
+        await h.push(dropped)
+        assert [(r.user, r.session_id, r.gateway_node) for r in w.routes("alice")] == [
+            ("alice", "phone", 1)
+        ]
+
+    run(tmp_path, body)
+
+
 def test_an_old_stream_on_the_same_node_does_not_drop_the_new_streams_route(
     tmp_path: Path,
 ) -> None:
