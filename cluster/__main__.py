@@ -128,9 +128,10 @@ def _parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="print performance figures (never fails on a time)")
     bench.add_argument(
         "target",
-        choices=["core", "cluster", "snapshot"],
+        choices=["core", "cluster", "snapshot", "grpc"],
         help="core: 3 replicas in one process, on disk; cluster: 3 node processes over gRPC; "
-        "snapshot: how long a local snapshot of a large state stalls a node",
+        "snapshot: how long a local snapshot of a large state stalls a node; grpc: this "
+        "machine's loopback gRPC and TCP echo rates, to read the other figures against",
     )
     bench.add_argument(
         "--in-flight", type=int, default=64, help="cluster: concurrent Append calls (default 64)"
@@ -213,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         bench_cluster(
             seconds=args.seconds, size=args.size, in_flight=args.in_flight, batches=batches
         )
+        return 0
+    if args.target == "grpc":
+        from cluster.bench_grpc import bench_grpc
+
+        bench_grpc(args.seconds)
         return 0
     if args.target == "snapshot":
         from cluster.bench_snapshot import bench_snapshot
