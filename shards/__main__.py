@@ -75,7 +75,16 @@ def _parser() -> argparse.ArgumentParser:
         "--tick-ms",
         type=int,
         default=int(env("RAFTCHAT_TICK_MS", "50")),
-        help="Raft tick; elections time out after 10-20 ticks (default 50)",
+        help="Raft tick in milliseconds; a leader heartbeats every tick (default 50)",
+    )
+    p.add_argument(
+        "--election-ticks",
+        type=int,
+        default=int(env("RAFTCHAT_ELECTION_TICKS", "6")),
+        help="a follower that hears no leader for a random 1-2x this many ticks starts an "
+        "election, and a leader that hears no quorum for this long steps down: with 50 ms "
+        "ticks, 0.3-0.6 s, so sends resume within about a second of a leader's death "
+        "(default 6; RAFTCHAT_ELECTION_TICKS)",
     )
     p.add_argument(
         "--snapshot-entries",
@@ -132,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"missing {', '.join(missing)} (or their environment variables)")
     if args.node_id < 1 or args.tick_ms < 1 or args.snapshot_entries < 1:
         parser.error("--node-id, --tick-ms and --snapshot-entries must be positive")
+    if args.election_ticks < 2:
+        parser.error("--election-ticks must be at least 2 (a leader heartbeats every tick)")
     if not args.route_grace > 0:
         parser.error("--route-grace must be positive")
     logging.basicConfig(
@@ -150,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         data_dir=Path(args.data_dir),
         fsync=args.fsync == "on",
         tick_ms=args.tick_ms,
+        election_ticks=args.election_ticks,
         snapshot_entries=args.snapshot_entries,
         app=args.app,
         send_rate=args.send_rate,

@@ -70,6 +70,8 @@ class NodeOptions:
     data_dir: Path
     fsync: bool = True
     tick_ms: int = 50
+    election_ticks: int = 6
+    """Election timeout in ticks (randomised up to twice that); see ``--election-ticks``."""
     snapshot_entries: int = 10_000
     app: str = "chat"
     """``chat`` or ``log`` (see the module docstring)."""
@@ -185,6 +187,7 @@ class ShardNode:
             transport,
             tick_interval=opts.tick_ms / 1000,
             compact_after=opts.snapshot_entries,
+            config_defaults={"election_ticks": opts.election_ticks},
         )
         # Peers send Raft batches over a plain TCP link (cluster.streamlink) on a free port of
         # the internal host; they learn it from RaftTransport.Link on the internal port.

@@ -274,6 +274,7 @@ async def _kill_leader_during_sends(cluster: ChatCluster) -> None:
         group = cluster.group_of(room)
         leader = await kit.leader_of(group, users[0], nodes)
         acked: dict[str, Sent] = {}
+        acked_at: list[float] = []
         flowing = asyncio.Event()
 
         async def sender(i: int, user: Account) -> None:
@@ -284,6 +285,7 @@ async def _kill_leader_during_sends(cluster: ChatCluster) -> None:
                     conversation=room, text=f"{user.user} #{n}", idempotency_key=key
                 )
                 acked[key] = await kit.send(user, request, rotation, timeout=40.0)
+                acked_at.append(time.monotonic())
                 if len(acked) >= 300:
                     flowing.set()
 
@@ -292,14 +294,19 @@ async def _kill_leader_during_sends(cluster: ChatCluster) -> None:
         async with asyncio.timeout(60):
             await flowing.wait()
         cluster.kill(leader)
-        killed_at = len(acked)
+        killed_at, killed_time = len(acked), time.monotonic()
         await asyncio.gather(*senders)
         took = time.monotonic() - started
+        # DESIGN 4.5's target (sends resume within 1 s of a leader's death, p99) is a figure
+        # here, not an assertion: the longest pause between acknowledgements after the kill.
+        resumed = [killed_time, *(t for t in acked_at if t > killed_time)]
+        stall = max(b - a for a, b in itertools.pairwise(resumed))
         duplicates = sum(s.response.duplicate for s in acked.values())
         retried = sum(s.attempts > 1 for s in acked.values())
         print(
             f"\n{len(acked)} sends acknowledged in {took:.1f} s; leader {leader} killed after "
-            f"{killed_at}; {retried} needed a retry, {duplicates} answered as duplicates"
+            f"{killed_at}; {retried} needed a retry, {duplicates} answered as duplicates; "
+            f"longest pause in acknowledgements after the kill {stall * 1000:.0f} ms"
         )
         assert len(acked) == SENDERS * SENDS_EACH
         # Retrying after the failover, through another gateway, still finds each first answer.
