@@ -126,7 +126,7 @@ class BackgroundSnapshotter:
 
     async def _run(self, group: GroupId, job: SnapshotJob, copy: StagedCopy, scratch: Path) -> None:
         try:
-            written = await asyncio.shield(asyncio.to_thread(_write, job, copy, scratch))
+            written = await asyncio.to_thread(_write, job, copy, scratch)
         except Exception:
             # The state machine and the log are untouched: the next apply tries again.
             self.failures += 1

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from pathlib import Path
 
 from cluster.host import NodeHost
@@ -18,6 +17,7 @@ from cluster.statemachine import LogStateMachine, SqliteSnapshotJob
 from cluster.storage import LogStore
 from cluster.transport import GrpcTransport
 from cluster.types import GroupId, NodeId
+from tests.integration.test_host import eventually
 
 ME = NodeId(1)
 G = GroupId(1)
@@ -52,15 +52,6 @@ class GatedLog(LogStateMachine):
         return _GatedJob(super().snapshot_job(), self.gate)
 
 
-async def _poll(check: object, what: str) -> None:
-    assert callable(check)
-    deadline = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)  # pacing the polling
-
-
 async def _start(root: Path, sm: LogStateMachine) -> NodeHost:
     store = LogStore.open(root / "raft", node_id=ME, cluster_id="test")
     host = NodeHost(
@@ -69,7 +60,7 @@ async def _start(root: Path, sm: LogStateMachine) -> NodeHost:
     host.add_group(G, (ME,), sm)
     await host.start()
     host.campaign(G)
-    await _poll(lambda: host.group_status(G).leader == ME, "the node to lead its group")
+    await eventually(lambda: host.group_status(G).leader == ME, "the node to lead its group")
     return host
 
 
@@ -79,7 +70,7 @@ async def _pinned(root: Path, gate: threading.Event) -> tuple[NodeHost, GatedLog
     host = await _start(root, sm)
     for i in range(COMPACT_AFTER + 1):
         await host.propose(G, f"before-{i}".encode(), timeout=DEADLINE)
-    await _poll(lambda: sm.pinned, "a snapshot to be pinned")
+    await eventually(lambda: sm.pinned, "a snapshot to be pinned")
     return host, sm
 
 
@@ -94,7 +85,7 @@ def test_a_stuck_snapshot_copy_does_not_stop_commits(tmp_path: Path) -> None:
             assert host.group_status(G).snapshot_index == 0, "compacted before the copy ended"
             assert len(sm.pinned) == 1, "a second copy started while one was running"
             gate.set()
-            await _poll(lambda: host.group_status(G).snapshot_index > 0, "the compaction")
+            await eventually(lambda: host.group_status(G).snapshot_index > 0, "the compaction")
             assert host.group_status(G).snapshot_index == sm.pinned[0]
             records = sm.read(1, 100)
         finally:
@@ -109,7 +100,7 @@ def test_a_stuck_snapshot_copy_does_not_stop_commits(tmp_path: Path) -> None:
         host = await _start(tmp_path, fresh)
         try:
             assert fresh.restores == 1
-            await _poll(lambda: fresh.count() == len(records), "the replay after the snapshot")
+            await eventually(lambda: fresh.count() == len(records), "the replay after the snapshot")
             assert fresh.read(1, 100) == records
         finally:
             await host.stop()
